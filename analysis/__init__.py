@@ -1,0 +1,1 @@
+"""First-level fMRI GLM analysis behind the Quarto report."""
