@@ -8,6 +8,7 @@ use the filters registered below (``z``, ``p``, ``mni``, ``k``, ``mm3``, ``pct``
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -77,12 +78,27 @@ def fmt_list(items: Iterable[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
+PARAGRAPH = "\u00b6\u00b6"  # marks a paragraph break (a blank line in the template source)
+
+
+class _ParagraphLoader(jinja2.FileSystemLoader):
+    """Marks blank lines of the template source as paragraph breaks; other newlines become spaces."""
+
+    def get_source(self, environment, template):
+        source, filename, uptodate = super().get_source(environment, template)
+        return re.sub(r"\n[ \t]*\n\s*", f"\n{PARAGRAPH}\n", source), filename, uptodate
+
+
 def environment() -> jinja2.Environment:
-    """Return the Jinja2 environment with the number filters registered."""
+    """Return the Jinja2 environment with the number filters registered.
+
+    In templates, a blank line separates paragraphs; every other run of whitespace
+    (including newlines around block tags) becomes one space.
+    """
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        loader=_ParagraphLoader(str(TEMPLATE_DIR)),
         undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
+        trim_blocks=False,
         lstrip_blocks=True,
         keep_trailing_newline=False,
         autoescape=False,
@@ -108,5 +124,6 @@ def render(template: str, **context) -> str:
         Markdown with pandoc ``@citekeys``; whitespace between paragraphs normalised.
     """
     text = environment().get_template(template).render(**context)
-    paragraphs = [" ".join(p.split()) for p in text.split("\n\n")]
+    paragraphs = [" ".join(p.split()) for p in text.split(PARAGRAPH)]
+    paragraphs = [re.sub(r"\s+([.,;:)])", r"\1", p).replace("( ", "(") for p in paragraphs]
     return "\n\n".join(p for p in paragraphs if p)

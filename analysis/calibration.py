@@ -1,0 +1,399 @@
+"""Is the z map calibrated? Empirical null and null designs for one contrast.
+
+Three checks, all on the voxels of the mask:
+
+* **z distribution** of the contrast: mean, SD, share of voxels beyond |z| > 1.96,
+  2.58 and 3.29 (nominal two-sided p = .05, .01, .001), histogram and QQ quantiles
+  against N(0, 1).
+* **Empirical null** (Efron, 2004): a normal fitted to the central part of the z
+  histogram, where true effects are rare. The fit is the maximum-likelihood fit of a
+  normal truncated to ``median(z) +- null_window`` (default 1.5), the "MLE" variant of
+  Efron's locfdr; a MAD-based SD (1.4826 x median absolute deviation) is kept as a
+  cross-check.
+* **Null designs**: the same data fitted again with the contrast's regressor(s)
+  shifted circularly in time by ``n_null`` offsets chosen so that the shifted regressor
+  is nearly uncorrelated with the real one (after the nuisance regressors are
+  projected out). Whatever these designs "detect" is false.
+
+The z map is called *trustworthy* when the empirical null of the observed z and the
+empirical null of the null-design z both have SD within ``1 +- tolerance`` and mean
+within ``0 +- tolerance``.
+
+Examples
+--------
+>>> cal = calibrate(bold_img, design, mask_img, contrast="listening", t_r=7.0)  # doctest: +SKIP
+>>> cal.trustworthy, round(cal.null_sd, 2)  # doctest: +SKIP
+(True, 1.01)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import pandas as pd
+from nilearn.glm.contrasts import compute_contrast, expression_to_contrast_vector
+from scipy import optimize, stats
+
+from .noise import DEFAULT_NOISE_MODEL, DEFAULT_RHO_FWHM, NOISE_MODELS, NoiseModel, check_noise_model, \
+    fit_first_level, fit_noise_model, model_data
+
+__all__ = ["THRESHOLDS", "Calibration", "calibrate", "calibration_from_z", "empirical_null",
+           "choose_null_shifts", "z_values"]
+
+THRESHOLDS = (1.96, 2.58, 3.29)
+_QQ_GRID = np.linspace(-5.0, 5.0, 201)
+_HIST_EDGES = np.linspace(-6.0, 6.0, 121)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Calibration of the z map of one contrast under one noise model (immutable, JSON-ready).
+
+    Attributes
+    ----------
+    noise_model, contrast : str
+    n_voxels : int
+        Voxels with a finite z value in the mask.
+    z_mean, z_sd : float
+        Plain mean and SD of the observed z map.
+    null_mean, null_sd : float
+        Empirical null of the observed z: normal fitted to the centre of the histogram.
+    mad_sd : float
+        1.4826 x median absolute deviation of the observed z (cross-check of ``null_sd``).
+    null_window : float
+        Half-width of the central region used for the empirical null.
+    thresholds, nominal_share : tuple of float
+        |z| cut-offs and their two-sided nominal tail probability.
+    observed_share : tuple of float
+        Share of voxels with |z| beyond each threshold.
+    null_shifts : tuple of int
+        Signed circular shifts (in scans) of the contrast regressors for the null designs.
+    null_shift_corr : tuple of float
+        Correlation of each shifted regressor with the real one (nuisance projected out).
+    null_design_share : tuple of tuple of float
+        For each null design, the share beyond each threshold.
+    null_design_pooled_share : tuple of float
+        Share beyond each threshold over all null designs together.
+    null_design_mean, null_design_sd : float
+        Plain mean and SD of the pooled null-design z.
+    null_design_null_mean, null_design_null_sd : float
+        Empirical null (central fit) of the pooled null-design z.
+    null_design_sds : tuple of float
+        Plain SD of each null design's z.
+    qq_theoretical, qq_observed, qq_null : tuple of float
+        Standard-normal quantiles and the matching quantiles of the observed and pooled null-design z.
+    hist_edges, hist_observed, hist_null : tuple of float
+        Histogram bin edges and densities (count / (n x bin width)) of the observed and null-design z.
+    tolerance : float
+        Allowed deviation of the empirical-null SD from 1 (and of its mean from 0).
+    trustworthy : bool
+        Both empirical nulls within tolerance.
+    t_r : float
+        Repetition time, to express the shifts in seconds.
+    """
+
+    noise_model: str
+    contrast: str
+    n_voxels: int
+    z_mean: float
+    z_sd: float
+    null_mean: float
+    null_sd: float
+    mad_sd: float
+    null_window: float
+    thresholds: tuple[float, ...]
+    nominal_share: tuple[float, ...]
+    observed_share: tuple[float, ...]
+    null_shifts: tuple[int, ...]
+    null_shift_corr: tuple[float, ...]
+    null_design_share: tuple[tuple[float, ...], ...]
+    null_design_pooled_share: tuple[float, ...]
+    null_design_mean: float
+    null_design_sd: float
+    null_design_null_mean: float
+    null_design_null_sd: float
+    null_design_sds: tuple[float, ...]
+    qq_theoretical: tuple[float, ...]
+    qq_observed: tuple[float, ...]
+    qq_null: tuple[float, ...]
+    hist_edges: tuple[float, ...]
+    hist_observed: tuple[float, ...]
+    hist_null: tuple[float, ...]
+    tolerance: float
+    trustworthy: bool
+    t_r: float
+
+    # ---- read-only views for the templates (no new numbers, only lookups and ratios) ----
+    @property
+    def model(self) -> NoiseModel:
+        """Name, description and citation keys of the noise model."""
+        return NOISE_MODELS[self.noise_model]
+
+    @property
+    def n_null(self) -> int:
+        return len(self.null_shifts)
+
+    @property
+    def null_shift_seconds(self) -> tuple[float, ...]:
+        return tuple(k * self.t_r for k in self.null_shifts)
+
+    @property
+    def null_sd_ok(self) -> bool:
+        return abs(self.null_sd - 1) <= self.tolerance and abs(self.null_mean) <= self.tolerance
+
+    @property
+    def null_design_ok(self) -> bool:
+        if not self.null_shifts:
+            return True
+        return (abs(self.null_design_null_sd - 1) <= self.tolerance
+                and abs(self.null_design_null_mean) <= self.tolerance)
+
+    @property
+    def direction(self) -> str:
+        """``"calibrated"``, ``"liberal"`` (null too wide: p-values too small), ``"conservative"`` or ``"shifted"``."""
+        if not self.null_sd_ok:
+            sd = self.null_sd
+        elif not self.null_design_ok:
+            sd = self.null_design_null_sd
+        else:
+            return "calibrated"
+        if abs(sd - 1) <= self.tolerance:
+            return "shifted"
+        return "liberal" if sd > 1 else "conservative"
+
+    @property
+    def rows(self) -> list[dict]:
+        """One dict per threshold: threshold, nominal, observed, null (pooled designs), ratios to nominal."""
+        return [dict(threshold=t, nominal=nom, observed=obs, null=nul,
+                     observed_ratio=obs / nom, null_ratio=nul / nom)
+                for t, nom, obs, nul in zip(self.thresholds, self.nominal_share, self.observed_share,
+                                            self.null_design_pooled_share or (float("nan"),) * len(self.thresholds),
+                                            strict=True)]
+
+    @property
+    def strictest(self) -> dict:
+        """The row of the highest threshold (3.29 by default)."""
+        return self.rows[-1]
+
+    @property
+    def sd_low(self) -> float:
+        return 1 - self.tolerance
+
+    @property
+    def sd_high(self) -> float:
+        return 1 + self.tolerance
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready dict (tuples become lists)."""
+        def plain(v):
+            if isinstance(v, tuple):
+                return [plain(x) for x in v]
+            if isinstance(v, (np.floating, np.integer, np.bool_)):
+                return v.item()
+            return v
+        return {k: plain(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Calibration:
+        """Inverse of :meth:`to_dict`."""
+        def frozen(v):
+            return tuple(frozen(x) for x in v) if isinstance(v, list) else v
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: frozen(v) for k, v in data.items() if k in names})
+
+
+# --------------------------------------------------------------------------------------------
+# pieces
+# --------------------------------------------------------------------------------------------
+
+def empirical_null(z: np.ndarray, window: float = 1.5) -> tuple[float, float]:
+    """Mean and SD of a normal fitted to the central part of ``z`` (Efron, 2004).
+
+    Maximum-likelihood fit of a normal truncated to ``[median - window, median + window]``
+    (the "MLE" empirical null of Efron's locfdr, without the non-null proportion). Tail
+    voxels, where true effects live, do not enter the fit.
+
+    Returns
+    -------
+    (mean, sd) : tuple of float
+    """
+    z = np.asarray(z, dtype=float)
+    z = z[np.isfinite(z)]
+    med = float(np.median(z))
+    lo, hi = med - window, med + window
+    x = z[(z >= lo) & (z <= hi)]
+    mad = 1.4826 * float(np.median(np.abs(z - med)))
+    n, s1, s2 = x.size, x.sum(), np.sum(x * x)
+
+    def nll(params):
+        mu, log_sd = params
+        sd = np.exp(log_sd)
+        mass = stats.norm.cdf((hi - mu) / sd) - stats.norm.cdf((lo - mu) / sd)
+        sq = (s2 - 2 * mu * s1 + n * mu * mu) / (sd * sd)
+        return 0.5 * sq + n * log_sd + n * np.log(max(mass, 1e-300))
+
+    fit = optimize.minimize(nll, x0=[med, np.log(max(mad, 1e-3))], method="Nelder-Mead",
+                            options=dict(xatol=1e-6, fatol=1e-8, maxiter=2000))
+    mu, log_sd = fit.x
+    return float(mu), float(np.exp(log_sd))
+
+
+def _shares(z: np.ndarray, thresholds) -> tuple[float, ...]:
+    a = np.abs(z)
+    return tuple(float(np.mean(a > t)) for t in thresholds)
+
+
+def choose_null_shifts(design_matrix: pd.DataFrame, contrast_vector, n_null: int = 6, *,
+                       max_corr: float = 0.2, min_gap: int = 2) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Circular shifts (in scans) of the contrast regressor that are nearly uncorrelated with it.
+
+    The contrast regressor ``X @ c`` and its shifted copies are residualised against the nuisance
+    columns (zero weight in ``c``); shifts are taken in order of increasing absolute correlation,
+    at least ``min_gap`` scans apart, and only if ``|corr| <= max_corr``.
+
+    Returns
+    -------
+    shifts, correlations : tuple of int, tuple of float
+        Shifts are signed, in scans, within (-n/2, n/2]; ``np.roll(x, shift)`` applies one.
+    """
+    X = np.asarray(design_matrix, dtype=float)
+    c = np.asarray(contrast_vector, dtype=float).ravel()
+    n = X.shape[0]
+    nuisance = X[:, c == 0]
+    P = np.eye(n) - nuisance @ np.linalg.pinv(nuisance) if nuisance.size else np.eye(n)
+    x = X @ c
+    xr = P @ x
+    corrs = []
+    for k in range(1, n):
+        xs = P @ np.roll(x, k)
+        denom = np.linalg.norm(xs) * np.linalg.norm(xr)
+        corrs.append((abs(float(xs @ xr / denom)) if denom > 0 else 1.0, k, float(xs @ xr / denom) if denom else 1.0))
+    picked: list[tuple[int, float]] = []
+    for abs_r, k, r in sorted(corrs):
+        if abs_r > max_corr or len(picked) == n_null:
+            break
+        if all(min(abs(k - j), n - abs(k - j)) >= min_gap for j, _ in picked):
+            picked.append((k, r))
+    picked = sorted(((k - n if k > n // 2 else k), r) for k, r in picked)  # signed: -3 rather than n - 3
+    return tuple(k for k, _ in picked), tuple(r for _, r in picked)
+
+
+def z_values(labels, results, contrast_vector) -> np.ndarray:
+    """z of a t contrast from ``run_glm``-style labels/results (what ``compute_contrast`` maps)."""
+    return np.asarray(compute_contrast(labels, results, np.asarray(contrast_vector, float), "t").z_score(),
+                      dtype=float).ravel()
+
+
+def calibration_from_z(z: np.ndarray, null_z: list[np.ndarray] | None = None, *, noise_model: str,
+                       contrast: str, t_r: float, null_shifts=(), null_shift_corr=(),
+                       tolerance: float = 0.1, thresholds=THRESHOLDS, null_window: float = 1.5) -> Calibration:
+    """Build a :class:`Calibration` from z values already computed (observed and null designs)."""
+    z = np.asarray(z, dtype=float).ravel()
+    z = z[np.isfinite(z)]
+    null_z = [np.asarray(a, dtype=float).ravel() for a in (null_z or [])]
+    null_z = [a[np.isfinite(a)] for a in null_z]
+    pooled = np.concatenate(null_z) if null_z else np.empty(0)
+    thresholds = tuple(float(t) for t in thresholds)
+    null_mean, null_sd = empirical_null(z, null_window)
+    if pooled.size:
+        nd_mean, nd_sd = empirical_null(pooled, null_window)
+    else:
+        nd_mean = nd_sd = float("nan")
+    probs = stats.norm.cdf(_QQ_GRID)
+    keep = np.minimum(probs, 1 - probs) * z.size >= 1
+    width = np.diff(_HIST_EDGES)
+    hist_obs = np.histogram(z, _HIST_EDGES)[0] / (z.size * width)
+    hist_null = (np.histogram(pooled, _HIST_EDGES)[0] / (pooled.size * width)) if pooled.size else np.zeros_like(width)
+    med = np.median(z)
+    ok_obs = abs(null_sd - 1) <= tolerance and abs(null_mean) <= tolerance
+    ok_null = (not pooled.size) or (abs(nd_sd - 1) <= tolerance and abs(nd_mean) <= tolerance)
+    tup = lambda a: tuple(float(v) for v in a)  # noqa: E731
+    return Calibration(
+        noise_model=noise_model, contrast=contrast, n_voxels=int(z.size),
+        z_mean=float(z.mean()), z_sd=float(z.std()),
+        null_mean=null_mean, null_sd=null_sd, mad_sd=float(1.4826 * np.median(np.abs(z - med))),
+        null_window=float(null_window), thresholds=thresholds,
+        nominal_share=tup(2 * stats.norm.sf(thresholds)),
+        observed_share=_shares(z, thresholds),
+        null_shifts=tuple(int(k) for k in null_shifts), null_shift_corr=tup(null_shift_corr),
+        null_design_share=tuple(_shares(a, thresholds) for a in null_z),
+        null_design_pooled_share=_shares(pooled, thresholds) if pooled.size else (),
+        null_design_mean=float(pooled.mean()) if pooled.size else float("nan"),
+        null_design_sd=float(pooled.std()) if pooled.size else float("nan"),
+        null_design_null_mean=nd_mean, null_design_null_sd=nd_sd,
+        null_design_sds=tuple(float(a.std()) for a in null_z),
+        qq_theoretical=tup(_QQ_GRID[keep]), qq_observed=tup(np.quantile(z, probs[keep])),
+        qq_null=tup(np.quantile(pooled, probs[keep])) if pooled.size else (),
+        hist_edges=tup(_HIST_EDGES), hist_observed=tup(hist_obs), hist_null=tup(hist_null),
+        tolerance=float(tolerance), trustworthy=bool(ok_obs and ok_null), t_r=float(t_r),
+    )
+
+
+def calibrate(bold_img, design_matrix: pd.DataFrame, mask_img, *, contrast: str, t_r: float,
+              noise_model: str = DEFAULT_NOISE_MODEL, n_null: int = 6, tolerance: float = 0.1,
+              thresholds=THRESHOLDS, null_window: float = 1.5, max_corr: float = 0.2,
+              smoothing_fwhm=None, rho_fwhm: float | None = DEFAULT_RHO_FWHM, n_jobs: int = 1,
+              model=None, **kwargs) -> Calibration:
+    """Fit (or reuse) the model, then measure how far its z map is from N(0, 1).
+
+    Parameters
+    ----------
+    bold_img : Nifti1Image
+        One 4D run.
+    design_matrix : DataFrame
+    mask_img : Nifti1Image or None
+    contrast : str
+        Contrast expression by condition name, e.g. ``"listening"``.
+    t_r : float
+    noise_model : str
+        A key of :data:`analysis.noise.NOISE_MODELS`.
+    n_null : int
+        Number of null designs (circularly shifted contrast regressors); 0 skips them.
+    tolerance : float
+        The z map is trustworthy when the empirical-null SD is within ``1 +- tolerance``
+        (and its mean within ``+- tolerance``), for the observed and the null designs.
+    thresholds : tuple of float
+        |z| cut-offs whose exceedance shares are reported.
+    null_window : float
+        Half-width of the central z region for the empirical-null fit.
+    max_corr : float
+        Largest allowed |correlation| between a shifted and the real contrast regressor.
+    smoothing_fwhm, rho_fwhm, n_jobs, **kwargs
+        Passed to :func:`analysis.noise.fit_first_level`.
+    model : FirstLevelModel, optional
+        A model already fitted on these data with ``minimize_memory=False`` (e.g. by
+        :func:`analysis.noise.fit_first_level`); saves one fit. Its noise model and
+        ``rho_fwhm_`` are used.
+
+    Returns
+    -------
+    Calibration
+    """
+    if model is not None:  # its own settings win
+        noise_model = model.noise_model
+        rho_fwhm = getattr(model, "rho_fwhm_", rho_fwhm)
+    check_noise_model(noise_model)
+    if model is None:
+        kwargs["minimize_memory"] = False
+        model = fit_first_level(bold_img, design_matrix, mask_img, t_r=t_r, noise_model=noise_model,
+                                smoothing_fwhm=smoothing_fwhm, n_jobs=n_jobs, rho_fwhm=rho_fwhm, **kwargs)
+    design = model.design_matrices_[0]
+    c = np.asarray(expression_to_contrast_vector(contrast, list(design.columns)), dtype=float)
+    z = z_values(model.labels_[0], model.results_[0], c)
+    null_z, shifts, corrs = [], (), ()
+    if n_null > 0:
+        shifts, corrs = choose_null_shifts(design, c, n_null, max_corr=max_corr)
+        Y = model_data(model)
+        X = design.to_numpy(dtype=float)
+        mask = model.masker_.mask_img_
+        for k in shifts:
+            X_null = X.copy()
+            X_null[:, c != 0] = np.roll(X[:, c != 0], k, axis=0)
+            labels, results, _ = fit_noise_model(Y, X_null, noise_model, mask_img=mask, rho_fwhm=rho_fwhm,
+                                                 n_jobs=n_jobs)
+            null_z.append(z_values(labels, results, c))
+            del results
+    return calibration_from_z(z, null_z, noise_model=noise_model, contrast=contrast, t_r=t_r,
+                              null_shifts=shifts, null_shift_corr=corrs, tolerance=tolerance,
+                              thresholds=thresholds, null_window=null_window)

@@ -1,0 +1,267 @@
+"""One configuration file for the whole analysis, validated on load.
+
+Keys use nilearn's parameter names (``t_r``, ``hrf_model``, ``noise_model``,
+``smoothing_fwhm``, ``alpha``, ``height_control``, ``cluster_threshold``,
+``two_sided``) so values pass straight to nilearn.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ConfigError", "DataConfig", "GLMConfig", "InferenceConfig", "OutputConfig",
+           "SimulationConfig", "Config", "load_config", "DEFAULT_CONFIG_PATH"]
+
+DEFAULT_CONFIG_PATH = Path("analysis.toml")
+
+DATASETS = ("spm_auditory", "simulated")
+HRF_MODELS = ("spm", "spm + derivative", "spm + derivative + dispersion", "glover",
+              "glover + derivative", "glover + derivative + dispersion")
+DRIFT_MODELS = ("cosine", "polynomial", "none")
+NOISE_MODEL_NAMES = ("ar1", "ols")
+PRIMARY_THRESHOLDS = ("z3", "fpr", "fdr", "fdr_cluster", "bonferroni")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset to analyse and where nilearn keeps its data."""
+
+    dataset: str = "spm_auditory"
+    data_dir: str = ""  # "" -> NILEARN_DATA or nilearn's default folder
+    fallback_to_simulated: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        _choice("data.dataset", self.dataset, DATASETS)
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Parameters of the simulated listen-vs-rest dataset (ground truth is known)."""
+
+    auditory_psc: float = 2.0
+    dmn_psc: float = -0.8
+    rho: float = 0.3
+    tsnr_gm: float = 70.0
+
+    def __post_init__(self):
+        _range("simulation.auditory_psc", self.auditory_psc, -20, 20)
+        _range("simulation.dmn_psc", self.dmn_psc, -20, 20)
+        _range("simulation.rho", self.rho, 0, 0.95)
+        _range("simulation.tsnr_gm", self.tsnr_gm, 1, 10_000)
+
+
+@dataclass(frozen=True)
+class GLMConfig:
+    """First-level model settings, named as in nilearn's ``FirstLevelModel``."""
+
+    t_r: float = 7.0
+    hrf_model: str = "spm"
+    noise_model: str = "ar1"
+    drift_model: str = "cosine"
+    high_pass: float = 0.01
+    smoothing_fwhm: float = 0.0  # 0 -> no smoothing
+    standardize: bool = False
+    signal_scaling: int = 0  # 0 -> each voxel scaled by its mean: effects in % signal change
+    n_jobs: int = 1
+
+    def __post_init__(self):
+        _range("glm.t_r", self.t_r, 0.1, 60)
+        _choice("glm.hrf_model", self.hrf_model, HRF_MODELS)
+        _choice("glm.drift_model", self.drift_model, DRIFT_MODELS)
+        _range("glm.high_pass", self.high_pass, 0, 1)
+        _range("glm.smoothing_fwhm", self.smoothing_fwhm, 0, 30)
+        _choice("glm.signal_scaling", self.signal_scaling, (0, 1, False))
+        _range("glm.n_jobs", self.n_jobs, -1, 64)
+        _choice("glm.noise_model", self.noise_model, NOISE_MODEL_NAMES)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Thresholds; the seed notebook's five are all computed, ``primary`` drives the prose."""
+
+    alpha: float = 0.05  # FDR q and Bonferroni FWE level
+    fpr_alpha: float = 0.001  # uncorrected voxel-wise p
+    z_threshold: float = 3.0  # the seed's fixed z cut-off
+    cluster_threshold: int = 10  # minimum cluster size (voxels) for the FDR + extent map
+    two_sided: bool = True
+    primary: str = "fdr_cluster"  # drives the cluster tables, glass brain and prose
+    min_distance: float = 8.0  # mm between sub-peaks in cluster tables
+
+    def __post_init__(self):
+        _range("inference.alpha", self.alpha, 1e-12, 0.5, open_low=True)
+        _range("inference.fpr_alpha", self.fpr_alpha, 1e-12, 0.5, open_low=True)
+        _range("inference.z_threshold", self.z_threshold, 0.5, 20)
+        _range("inference.cluster_threshold", self.cluster_threshold, 0, 100_000)
+        _choice("inference.primary", self.primary, PRIMARY_THRESHOLDS)
+        _range("inference.min_distance", self.min_distance, 0, 100)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where generated files go (relative paths are relative to the project folder)."""
+
+    dir: str = "."
+    cache_dir: str = ".cache"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole analysis configuration (immutable)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    glm: GLMConfig = field(default_factory=GLMConfig)
+    contrasts: dict[str, str] = field(default_factory=lambda: {"listening": "listening"})
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    source: str = ""  # the file this came from, for error messages
+
+    def __post_init__(self):
+        if not self.contrasts:
+            raise ConfigError(f"{self.source or 'config'}: [contrasts] is empty; add e.g. listening = \"listening\"")
+        for name, expr in self.contrasts.items():
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+                raise ConfigError(f"{self.source or 'config'}: contrast name {name!r} must start with a letter "
+                                  "and hold only letters, digits and '_'")
+            if not isinstance(expr, str) or not expr.strip():
+                raise ConfigError(f"{self.source or 'config'}: contrast {name!r} is empty; write it by condition "
+                                  "name, e.g. \"listening\"")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (no ``source``), stable for hashing and JSON."""
+        d = asdict(self)
+        d.pop("source")
+        return d
+
+    def canonical_json(self) -> str:
+        """Sorted, compact JSON of :meth:`to_dict`; the cache key is built from it."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "Config":
+        """Build and validate a Config from a nested dict (as read from TOML)."""
+        try:
+            return _build(cls, data, source, prefix="")
+        except ConfigError as exc:
+            msg = str(exc)
+            raise ConfigError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+
+    def replace(self, **sections) -> "Config":
+        """Return a copy with whole sections or nested keys replaced, e.g. ``replace(glm={"noise_model": "ols"})``."""
+        d = self.to_dict()
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(d.get(key), dict) and key != "contrasts":
+                d[key] = {**d[key], **value}
+            else:
+                d[key] = value
+        return Config.from_dict(d, source=self.source or "config")
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read and validate a TOML config file.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        Defaults to the file named by the ``ANALYSIS_CONFIG`` environment variable, else
+        ``analysis.toml`` in the current folder; a missing default file gives the built-in defaults.
+
+    Returns
+    -------
+    Config
+
+    Raises
+    ------
+    ConfigError
+        One line naming the file, the key and the fix.
+    """
+    if path is None and os.environ.get("ANALYSIS_CONFIG"):
+        path = os.environ["ANALYSIS_CONFIG"]
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.exists():
+            return Config(source="defaults")
+        path = DEFAULT_CONFIG_PATH
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found; pass an existing TOML file or omit it for the defaults")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+    return Config.from_dict(data, source=str(path))
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _build(cls, data, source, prefix):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: [{prefix.rstrip('.')}] must be a table")
+    known = {f.name: f for f in fields(cls) if f.name != "source"}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
+            hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {', '.join(known)}"
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'; {hint}")
+        f = known[key]
+        sub = _SECTIONS.get(f.name) if cls is Config else None
+        if sub is not None:
+            kwargs[key] = _build(sub, value, source, prefix=f"{key}.")
+        elif cls is Config and key == "contrasts":
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                raise ConfigError(f"{source}: [contrasts] must map names to expressions, e.g. listening = \"listening\"")
+            kwargs[key] = dict(value)
+        else:
+            kwargs[key] = _coerce(f"{prefix}{key}", value, f.default, source)
+    if cls is Config:
+        kwargs["source"] = source
+    return cls(**kwargs)
+
+
+def _coerce(key, value, default, source):
+    expected = type(default)
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be true or false, not {value!r}")
+        return value
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} must be a whole number, not {value!r}")
+        return value
+    if expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key} must be a number, not {value!r}")
+        return float(value)
+    if expected is str and not isinstance(value, str):
+        raise ConfigError(f"{source}: {key} must be a string, not {value!r}")
+    return value
+
+
+def _choice(key, value, choices):
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"{key} = {value!r} is not valid; {hint}choose one of {', '.join(map(repr, choices))}")
+
+
+def _range(key, value, low, high, open_low=False):
+    bad = value <= low if open_low else value < low
+    if bad or value > high:
+        bracket = "(" if open_low else "["
+        raise ConfigError(f"{key} = {value!r} is out of range; use a value in {bracket}{low}, {high}]")
+
+
+_SECTIONS = {"data": DataConfig, "simulation": SimulationConfig, "glm": GLMConfig,
+             "inference": InferenceConfig, "output": OutputConfig}

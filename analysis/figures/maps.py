@@ -1,0 +1,91 @@
+"""Figures of the design and the statistical maps. Each function draws one figure and returns its path."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from nilearn import plotting
+
+from ._base import save_figure
+
+__all__ = ["plot_design", "plot_contrasts", "plot_map", "plot_glass", "plot_threshold_panel", "plot_volumes",
+           "plot_image"]
+
+
+def plot_design(design: pd.DataFrame, out_file) -> Path:
+    """The design matrix (scans x regressors)."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    plotting.plot_design_matrix(design, axes=ax)
+    ax.set_ylabel("scan")
+    return save_figure(fig, out_file)
+
+
+def plot_contrasts(contrast_matrix: pd.DataFrame, design: pd.DataFrame, out_file) -> Path:
+    """Weights of each contrast over the design columns."""
+    fig, axes = plt.subplots(len(contrast_matrix), 1, figsize=(6, 0.9 + 0.7 * len(contrast_matrix)), squeeze=False)
+    for ax, (name, weights) in zip(axes[:, 0], contrast_matrix.iterrows()):
+        plotting.plot_contrast_matrix(weights.to_numpy()[None, :], design_matrix=design, axes=ax)
+        ax.set_ylabel(name, rotation=0, ha="right", va="center")
+    return save_figure(fig, out_file)
+
+
+def plot_map(img, out_file, *, bg_img=None, title: str = "", threshold: float | None = None, cmap="cold_hot",
+             symmetric: bool = True, cut_coords=None, colorbar_label: str = "") -> Path:
+    """A stat map on orthogonal slices (unthresholded unless ``threshold`` is given)."""
+    fig = plt.figure(figsize=(9, 3.2))
+    kwargs = {"symmetric_cbar": True} if symmetric else {"symmetric_cbar": False}
+    display = plotting.plot_stat_map(img, bg_img=bg_img, display_mode="ortho", cut_coords=cut_coords,
+                                     threshold=threshold if threshold and math.isfinite(threshold) else None,
+                                     cmap=cmap, title=title or None, figure=fig, colorbar=True, black_bg=False,
+                                     draw_cross=False, **kwargs)
+    if colorbar_label and getattr(display, "_cbar", None) is not None:
+        display._cbar.set_label(colorbar_label)
+    return save_figure(fig, out_file)
+
+
+def plot_glass(thresholded_img, out_file, *, title: str = "", threshold: float | None = None) -> Path:
+    """Glass brain of a thresholded map (both signs)."""
+    fig = plt.figure(figsize=(9, 3.2))
+    data = np.asarray(thresholded_img.dataobj)
+    vmax = float(np.abs(data).max()) or 1.0
+    plotting.plot_glass_brain(thresholded_img, figure=fig, display_mode="lyrz", colorbar=True, plot_abs=False,
+                              cmap="cold_hot", symmetric_cbar=True, vmax=vmax, title=title or None,
+                              threshold=threshold if threshold and math.isfinite(threshold) else None)
+    return save_figure(fig, out_file)
+
+
+def plot_threshold_panel(thresholded: dict[str, object], labels: dict[str, str], counts: dict[str, str],
+                         out_file) -> Path:
+    """One glass brain per threshold, stacked, each titled with its label and surviving counts."""
+    n = len(thresholded)
+    fig, axes = plt.subplots(n, 1, figsize=(9, 2.6 * n))
+    vmax = max([float(np.abs(np.asarray(img.dataobj)).max()) for img in thresholded.values()] + [1.0])
+    for ax, (key, img) in zip(np.atleast_1d(axes), thresholded.items()):
+        plotting.plot_glass_brain(img, axes=ax, display_mode="lyrz", colorbar=True, plot_abs=False,
+                                  cmap="cold_hot", symmetric_cbar=True, vmax=vmax, threshold=1e-6,
+                                  title=f"{labels[key]}: {counts[key]}")
+    return save_figure(fig, out_file)
+
+
+def plot_volumes(bold_img, out_file, n: int = 4) -> Path:
+    """Axial middle slice of the first ``n`` volumes."""
+    data = np.asarray(bold_img.dataobj[..., :n], dtype=np.float32)
+    z = data.shape[2] // 2
+    vmax = float(np.percentile(data, 99.5))
+    fig, axes = plt.subplots(1, n, figsize=(2.4 * n, 2.8))
+    for i, ax in enumerate(np.atleast_1d(axes)):
+        ax.imshow(np.rot90(data[:, :, z, i]), cmap="gray", vmin=0, vmax=vmax)
+        ax.set_title(f"volume {i + 1}", fontsize=9)
+        ax.axis("off")
+    return save_figure(fig, out_file)
+
+
+def plot_image(img, out_file, *, title: str = "") -> Path:
+    """An anatomical or mean image on orthogonal slices."""
+    fig = plt.figure(figsize=(9, 3.2))
+    plotting.plot_anat(img, figure=fig, title=title or None, draw_cross=False, black_bg=False, dim=-0.5)
+    return save_figure(fig, out_file)

@@ -1,0 +1,142 @@
+"""Design matrix, first-level fit and contrasts (by condition name, never by hand-typed vector)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from nilearn.glm.first_level import FirstLevelModel, make_first_level_design_matrix
+
+from .config import Config, GLMConfig
+
+__all__ = ["ContrastError", "ContrastMaps", "make_design", "check_contrast", "contrast_matrix", "fit",
+           "compute_contrasts", "entity"]
+
+log = logging.getLogger(__name__)
+
+
+class ContrastError(ValueError):
+    """A contrast that does not fit the design; the message lists the valid condition names."""
+
+
+@dataclass(frozen=True)
+class ContrastMaps:
+    """The maps of one contrast (all 3D images on the model's mask grid)."""
+
+    name: str
+    expression: str
+    z_img: nib.Nifti1Image
+    stat_img: nib.Nifti1Image
+    effect_img: nib.Nifti1Image
+    variance_img: nib.Nifti1Image
+    p_img: nib.Nifti1Image
+    vector: tuple[float, ...]
+
+
+def entity(name: str) -> str:
+    """BIDS entity value for a contrast name: letters and digits only (``task_vs_rest`` -> ``taskVsRest``)."""
+    parts = [p for p in re.split(r"[^A-Za-z0-9]+", name) if p]
+    return parts[0] + "".join(p[:1].upper() + p[1:] for p in parts[1:]) if parts else "contrast"
+
+
+def make_design(events: pd.DataFrame, n_scans: int, glm: GLMConfig,
+                confounds: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Build the design matrix: conditions convolved with the HRF, drift regressors, constant.
+
+    Frame times are at the start of each scan (``slice_time_ref = 0``), as nilearn's default.
+    """
+    frame_times = np.arange(n_scans) * glm.t_r
+    drift = None if glm.drift_model == "none" else glm.drift_model
+    return make_first_level_design_matrix(
+        frame_times, events=events, hrf_model=glm.hrf_model, drift_model=drift, high_pass=glm.high_pass,
+        add_regs=None if confounds is None else confounds.to_numpy(),
+        add_reg_names=None if confounds is None else list(confounds.columns),
+    )
+
+
+def check_contrast(expression: str, design: pd.DataFrame, conditions: list[str], name: str = "") -> None:
+    """Raise :class:`ContrastError` if ``expression`` names something that is not a design column."""
+    if not expression.strip():
+        raise ContrastError(f"contrast {name!r} is empty; write it by condition name, e.g. {conditions[0]!r}")
+    tokens = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expression)
+    unknown = [t for t in tokens if t not in design.columns]
+    if unknown:
+        raise ContrastError(
+            f"contrast {name or expression!r} names unknown condition(s) {', '.join(map(repr, unknown))}; "
+            f"valid conditions: {', '.join(map(repr, conditions))} (rest is the implicit baseline)")
+    vec = contrast_vector(expression, design)
+    if not np.any(vec):
+        raise ContrastError(f"contrast {name or expression!r} has all-zero weights; it tests nothing")
+
+
+def describe_direction(expression: str, conditions: list[str]) -> str:
+    """What a positive value of the contrast means, e.g. ``listening > rest``.
+
+    A single condition is compared with the implicit baseline (rest); ``A - B`` reads ``A > B``.
+    """
+    expr = expression.replace(" ", "")
+    if expr in conditions:
+        return f"{expr} > rest"
+    m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)-([A-Za-z_][A-Za-z0-9_]*)", expr)
+    if m:
+        return f"{m.group(1)} > {m.group(2)}"
+    return f"{expression} > 0"
+
+
+def contrast_vector(expression: str, design: pd.DataFrame) -> np.ndarray:
+    """Weights over the design columns for a contrast written by condition name."""
+    from nilearn.glm.contrasts import expression_to_contrast_vector
+
+    return np.asarray(expression_to_contrast_vector(expression, list(design.columns)), dtype=float)
+
+
+def contrast_matrix(contrasts: dict[str, str], design: pd.DataFrame) -> pd.DataFrame:
+    """Contrasts x design columns weight table (for the contrast-matrix figure and the methods)."""
+    return pd.DataFrame({name: contrast_vector(expr, design) for name, expr in contrasts.items()},
+                        index=design.columns).T
+
+
+def fit(bold_img, design: pd.DataFrame, config: Config, mask_img=None) -> FirstLevelModel:
+    """Fit the first-level GLM with the configured noise model.
+
+    Parameters
+    ----------
+    bold_img : Nifti1Image
+        4D run.
+    design : DataFrame
+        From :func:`make_design`.
+    config : Config
+    mask_img : Nifti1Image, optional
+        Brain mask; ``None`` lets nilearn compute an EPI mask.
+    """
+    glm = config.glm
+    kwargs = dict(t_r=glm.t_r, hrf_model=glm.hrf_model, drift_model=glm.drift_model, high_pass=glm.high_pass,
+                  smoothing_fwhm=glm.smoothing_fwhm or None, standardize=glm.standardize,
+                  signal_scaling=glm.signal_scaling, n_jobs=glm.n_jobs, mask_img=mask_img,
+                  minimize_memory=False)
+    try:
+        from . import noise
+    except ImportError:  # calibrated models not available yet
+        noise = None
+    if noise is not None and hasattr(noise, "fit_first_level"):
+        return noise.fit_first_level(bold_img, design, mask_img, noise_model=glm.noise_model, **{
+            k: v for k, v in kwargs.items() if k != "mask_img"})
+    model = FirstLevelModel(noise_model=glm.noise_model, **kwargs)
+    return model.fit(bold_img, design_matrices=[design])
+
+
+def compute_contrasts(model: FirstLevelModel, design: pd.DataFrame, contrasts: dict[str, str],
+                      conditions: list[str]) -> dict[str, ContrastMaps]:
+    """Compute every configured contrast; all maps come from one call per contrast."""
+    out = {}
+    for name, expr in contrasts.items():
+        check_contrast(expr, design, conditions, name)
+        maps = model.compute_contrast(expr, stat_type="t", output_type="all")
+        out[name] = ContrastMaps(name=name, expression=expr, z_img=maps["z_score"], stat_img=maps["stat"],
+                                 effect_img=maps["effect_size"], variance_img=maps["effect_variance"],
+                                 p_img=maps["p_value"], vector=tuple(contrast_vector(expr, design)))
+    return out

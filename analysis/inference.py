@@ -1,0 +1,205 @@
+"""Thresholds and cluster tables. No plotting, no prose.
+
+Every threshold is computed by nilearn's :func:`~nilearn.glm.threshold_stats_img`,
+which returns the cut-off it actually used; that value is stored and reused by
+captions and text, never re-derived.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from nilearn.glm import threshold_stats_img
+from nilearn.reporting import get_clusters_table
+from scipy import ndimage
+from scipy.stats import norm
+
+from .config import InferenceConfig
+
+__all__ = ["ThresholdSpec", "ThresholdResult", "threshold_specs", "apply_threshold", "threshold_all",
+           "cluster_table", "CLUSTER_COLUMNS"]
+
+CLUSTER_COLUMNS = ["Cluster ID", "Sign", "X", "Y", "Z", "Peak Stat", "Peak p", "Cluster Size (voxels)",
+                   "Cluster Size (mm3)"]
+_FACES = ndimage.generate_binary_structure(3, 1)  # nilearn's cluster connectivity (NN1, faces)
+
+
+@dataclass(frozen=True)
+class ThresholdSpec:
+    """One way of thresholding a z map, in nilearn's terms."""
+
+    key: str  # z3 | fpr | fdr | fdr_cluster | bonferroni
+    height_control: str | None  # None | "fpr" | "fdr" | "bonferroni"
+    alpha: float
+    threshold: float | None  # z cut-off when height_control is None
+    cluster_threshold: int
+    two_sided: bool
+
+    @property
+    def label(self) -> str:
+        """Human label, e.g. ``FDR q < 0.05`` or ``z > 3, k >= 10``."""
+        tail = "" if self.two_sided else ", one-sided"
+        if self.height_control is None:
+            base = f"|z| > {self.threshold:g}" if self.two_sided else f"z > {self.threshold:g}"
+        else:
+            base = {"fpr": f"p < {self.alpha:g} uncorrected",
+                    "fdr": f"FDR q < {self.alpha:g}",
+                    "bonferroni": f"FWE (Bonferroni) p < {self.alpha:g}"}[self.height_control]
+        extent = f", clusters \u2265 {self.cluster_threshold} voxels" if self.cluster_threshold else ""
+        return base + extent + tail
+
+
+@dataclass(frozen=True)
+class ThresholdResult:
+    """Outcome of one threshold on one z map."""
+
+    spec: ThresholdSpec
+    z_threshold: float  # the cut-off actually applied (inf when nothing can survive, e.g. FDR)
+    n_pos: int
+    n_neg: int
+    n_pos_clusters: int
+    n_neg_clusters: int
+    n_mask: int
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+    @property
+    def survived(self) -> bool:
+        return (self.n_pos + self.n_neg) > 0
+
+    @property
+    def threshold_text(self) -> str:
+        """``|z| > 3.29`` (or ``no voxel survives`` when the cut-off is undefined)."""
+        if not math.isfinite(self.z_threshold):
+            return "undefined (no voxel can pass)"
+        sym = "|z|" if self.spec.two_sided else "z"
+        return f"{sym} > {self.z_threshold:.2f}"
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "label": self.label, "height_control": self.spec.height_control,
+                "alpha": self.spec.alpha, "threshold": self.spec.threshold,
+                "cluster_threshold": self.spec.cluster_threshold, "two_sided": self.spec.two_sided,
+                "z_threshold": None if not math.isfinite(self.z_threshold) else float(self.z_threshold),
+                "n_pos": self.n_pos, "n_neg": self.n_neg, "n_pos_clusters": self.n_pos_clusters,
+                "n_neg_clusters": self.n_neg_clusters, "n_mask": self.n_mask}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ThresholdResult":
+        spec = ThresholdSpec(d["key"], d["height_control"], d["alpha"], d["threshold"], d["cluster_threshold"],
+                             d["two_sided"])
+        z = math.inf if d["z_threshold"] is None else d["z_threshold"]
+        return cls(spec, z, d["n_pos"], d["n_neg"], d["n_pos_clusters"], d["n_neg_clusters"], d["n_mask"])
+
+
+def threshold_specs(cfg: InferenceConfig) -> list[ThresholdSpec]:
+    """The seed notebook's thresholds side by side, plus Bonferroni FWE."""
+    two = cfg.two_sided
+    return [
+        ThresholdSpec("z3", None, cfg.fpr_alpha, cfg.z_threshold, 0, two),
+        ThresholdSpec("fpr", "fpr", cfg.fpr_alpha, None, 0, two),
+        ThresholdSpec("fdr", "fdr", cfg.alpha, None, 0, two),
+        ThresholdSpec("fdr_cluster", "fdr", cfg.alpha, None, cfg.cluster_threshold, two),
+        ThresholdSpec("bonferroni", "bonferroni", cfg.alpha, None, 0, two),
+    ]
+
+
+def apply_threshold(z_img: nib.Nifti1Image, mask_img: nib.Nifti1Image,
+                    spec: ThresholdSpec) -> tuple[nib.Nifti1Image, ThresholdResult]:
+    """Threshold ``z_img`` with nilearn and count what survives.
+
+    Returns
+    -------
+    thresholded_img : Nifti1Image
+        z values where the voxel survives, 0 elsewhere.
+    result : ThresholdResult
+        The cut-off used and the voxel and cluster counts per sign.
+    """
+    with warnings.catch_warnings():  # nilearn 0.14 warns about a default it changes in 0.15
+        warnings.simplefilter("ignore", FutureWarning)
+        thr_img, z_thr = threshold_stats_img(z_img, mask_img=mask_img, alpha=spec.alpha,
+                                             threshold=spec.threshold, height_control=spec.height_control,
+                                             cluster_threshold=spec.cluster_threshold,
+                                             two_sided=spec.two_sided)
+    data = np.asarray(thr_img.dataobj)
+    if not math.isfinite(z_thr):
+        data = np.zeros_like(data)
+        thr_img = nib.Nifti1Image(data, thr_img.affine, thr_img.header)
+    pos, neg = data > 0, data < 0
+    n_mask = int(np.count_nonzero(np.asarray(mask_img.dataobj)))
+    result = ThresholdResult(spec, float(z_thr), int(pos.sum()), int(neg.sum()),
+                             int(ndimage.label(pos, _FACES)[1]), int(ndimage.label(neg, _FACES)[1]), n_mask)
+    return thr_img, result
+
+
+def threshold_all(z_img, mask_img, cfg: InferenceConfig):
+    """Apply every threshold of :func:`threshold_specs`.
+
+    Returns
+    -------
+    dict[str, tuple[Nifti1Image, ThresholdResult]]
+    """
+    return {spec.key: apply_threshold(z_img, mask_img, spec) for spec in threshold_specs(cfg)}
+
+
+def cluster_table(z_img: nib.Nifti1Image, result: ThresholdResult,
+                  min_distance: float = 8.0) -> tuple[pd.DataFrame, nib.Nifti1Image | None]:
+    """Cluster table (peaks and sub-peaks) at the threshold actually used.
+
+    Columns: ``Cluster ID`` (``1``, ``1a``...; negative clusters follow positive ones), ``Sign``
+    (``+`` for listening > rest), ``X``, ``Y``, ``Z`` (mm), ``Peak Stat`` (z), ``Peak p``
+    (two- or one-sided as the threshold), ``Cluster Size (voxels)``, ``Cluster Size (mm3)``
+    (blank for sub-peaks).
+
+    Returns
+    -------
+    table : DataFrame
+        Empty (with the columns) when no voxel survived.
+    label_img : Nifti1Image or None
+        Integer image; voxel value = the cluster's number (the integer part of ``Cluster ID``), 0 outside.
+    """
+    if not result.survived:
+        return pd.DataFrame(columns=CLUSTER_COLUMNS), None
+    table, label_maps = get_clusters_table(z_img, stat_threshold=result.z_threshold,
+                                           cluster_threshold=result.spec.cluster_threshold,
+                                           two_sided=result.spec.two_sided, min_distance=min_distance,
+                                           return_label_maps=True)
+    voxel_mm3 = float(np.prod(z_img.header.get_zooms()[:3]))
+    table = table.copy()
+    table["Cluster ID"] = table["Cluster ID"].astype(str)
+    table["Sign"] = np.where(table["Peak Stat"] > 0, "+", "\u2212")
+    sides = 2 if result.spec.two_sided else 1
+    table["Peak p"] = sides * norm.sf(np.abs(table["Peak Stat"].astype(float)))
+    size = pd.to_numeric(table["Cluster Size (mm3)"], errors="coerce")
+    table["Cluster Size (mm3)"] = size
+    table["Cluster Size (voxels)"] = (size / voxel_mm3).round()  # float: NaN for sub-peaks
+    table = table[CLUSTER_COLUMNS].reset_index(drop=True)
+    # Renumber clusters 1..N in table order and build one label image that matches the IDs
+    # (nilearn numbers negative clusters after all positive candidates, before the extent filter).
+    maps = [np.asarray(m.dataobj).astype(np.int32) for m in label_maps]
+    inv = np.linalg.inv(z_img.affine)
+    labels = np.zeros(z_img.shape[:3], dtype=np.int32)
+    new_ids, number, suffix = [], 0, ""
+    for _, row in table.iterrows():
+        old = row["Cluster ID"]
+        if old.isdigit():
+            number += 1
+            ijk = np.rint(inv @ np.array([row["X"], row["Y"], row["Z"], 1.0]))[:3].astype(int)
+            lab = maps[0 if row["Peak Stat"] > 0 else -1]
+            labels[lab == lab[tuple(ijk)]] = number
+            suffix = ""
+        else:
+            suffix = old.lstrip("0123456789")
+        new_ids.append(f"{number}{suffix}")
+    table["Cluster ID"] = new_ids
+    return table, nib.Nifti1Image(labels, z_img.affine)

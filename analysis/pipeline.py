@@ -1,0 +1,357 @@
+"""``run(config) -> Results``: the only place that writes to disk.
+
+Outputs (under ``config.output.dir``)::
+
+    figures/      PNG figures named by entities (contrast-<name>_desc-glass_statmap.png ...)
+    tables/       TSV tables (clusters, thresholds, design)
+    derivatives/  NIfTI maps with JSON sidecars
+    results/      results.json (the Results object; read by the chapters)
+
+Everything is written to a staging folder first and moved into place only when
+complete, under a file lock, so an interrupted run or two concurrent renders never
+leave a half-written or mixed set of results. Results are cached: the key is built
+from the configuration, the package version and the checksums of the input files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from . import __version__, data, glm, inference
+from .config import Config, load_config
+from .results import ContrastResult, DatasetInfo, ModelInfo, Results
+
+__all__ = ["run", "load_results", "OUTPUT_FOLDERS", "compute_cache_key"]
+
+log = logging.getLogger("analysis")
+
+OUTPUT_FOLDERS = ("figures", "tables", "derivatives", "results")
+RESULTS_FILE = Path("results") / "results.json"
+
+
+# ----------------------------------------------------------------------------- public API
+
+def load_results(config: Config | str | Path | None = None) -> Results:
+    """Results for the config, computed once and then read from the cache.
+
+    Chapters call this; it never refits when the cached results are still valid.
+    """
+    return run(config)
+
+
+def run(config: Config | str | Path | None = None, *, force: bool = False) -> Results:
+    """Run the whole analysis (or return the valid cached results).
+
+    Parameters
+    ----------
+    config : Config, path or None
+        A Config, a TOML path, or None for ``analysis.toml`` / the defaults.
+    force : bool
+        Recompute even when the cache is valid.
+
+    Returns
+    -------
+    Results
+    """
+    if not isinstance(config, Config):
+        config = load_config(config)
+    out = Path(config.output.dir).resolve()
+    cache = _cache_dir(config)
+    _check_writable(out)
+    cache.mkdir(parents=True, exist_ok=True)
+    if not force:
+        cached = _valid_cached(config, out)
+        if cached is not None:
+            log.info("results are up to date (cache key %s)", cached.cache_key[:12])
+            return cached
+    with _lock(cache / "analysis.lock"):
+        if not force:  # another process may have finished while we waited
+            cached = _valid_cached(config, out)
+            if cached is not None:
+                return cached
+        stage = cache / f"staging-{uuid.uuid4().hex[:8]}"
+        try:
+            results = _compute(config, stage, out)
+            _publish(stage, out)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    return Results.from_json(out / RESULTS_FILE, output_dir=out)
+
+
+def compute_cache_key(config: Config, input_checksums: dict[str, str]) -> str:
+    """SHA-256 over the canonical config, the package version and the input checksums."""
+    h = hashlib.sha256()
+    h.update(config.canonical_json().encode())
+    h.update(__version__.encode())
+    for name in sorted(input_checksums):
+        h.update(f"{name}={input_checksums[name]}".encode())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- cache
+
+def _cache_dir(config: Config) -> Path:
+    cache = Path(config.output.cache_dir)
+    return (cache if cache.is_absolute() else Path(config.output.dir) / cache).resolve()
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise data.DataError(f"{out}: output folder cannot be written ({exc.strerror}); "
+                             "set output.dir in the config to a writable folder") from None
+
+
+def _valid_cached(config: Config, out: Path) -> Results | None:
+    path = out / RESULTS_FILE
+    if not path.exists():
+        return None
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        files = stored["dataset"]["files"]
+        if stored["dataset"]["fallback_reason"] and _spm_auditory_present(config):
+            return None  # the real data has appeared since the fallback
+        checksums = {}
+        for name, entry in files.items():
+            if not Path(entry["path"]).exists():
+                return None
+            checksums[name] = data.file_sha256(entry["path"])
+        if stored["cache_key"] != compute_cache_key(config, checksums):
+            return None
+        results = Results.from_dict(stored, output_dir=out)
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        log.warning("%s: cached results unreadable (%s); recomputing", path, exc)
+        return None
+    missing = [p for p in _recorded_paths(results) if not (out / p).exists()]
+    return None if missing else results
+
+
+def _spm_auditory_present(config: Config) -> bool:
+    if config.data.dataset != "spm_auditory":
+        return False
+    base = Path(data.nilearn_data_dir(config) or Path.home() / "nilearn_data")
+    return (base / "spm_auditory" / "MoAEpilot" / "sub-01").exists()
+
+
+def _recorded_paths(results: Results) -> list[str]:
+    paths = list(results.figures.values())
+    for c in results.contrasts.values():
+        paths += list(c.files.values())
+    return paths
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Swap each staged folder into place; results/ last, so it only ever points at complete files."""
+    trash = stage.parent / f"old-{stage.name}"
+    trash.mkdir()
+    for name in OUTPUT_FOLDERS:
+        src, dst = stage / name, out / name
+        if dst.exists():
+            os.replace(dst, trash / name)
+        os.replace(src, dst)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- the analysis
+
+def _compute(config: Config, stage: Path, out: Path) -> Results:
+    t0 = time.perf_counter()
+    for name in OUTPUT_FOLDERS:
+        (stage / name).mkdir(parents=True)
+    (stage / "figures" / ".gitignore").write_text("*\n!.gitignore\n")
+
+    _step("loading data")
+    run = data.load_run(config, cache_dir=_cache_dir(config))
+    if run.is_fallback:
+        log.warning("THIS REPORT USES SIMULATED DATA: %s", run.fallback_reason)
+    bold = run.bold_img
+    t_r_header = _check_t_r(run, config)
+    checksums = {name: data.file_sha256(p) for name, p in sorted(run.files.items())}
+    key = compute_cache_key(config, checksums)
+
+    _step("building the design matrix")
+    design = glm.make_design(run.events, run.n_scans, config.glm)
+    conditions = sorted(run.events["trial_type"].unique())
+    for name, expr in config.contrasts.items():
+        glm.check_contrast(expr, design, conditions, name)
+    (design.rename_axis("frame_time").to_csv(stage / "tables" / "design.tsv", sep="\t", float_format="%.6g"))
+
+    _step(f"fitting the GLM ({config.glm.noise_model} noise model)")
+    model = glm.fit(bold, design, config, mask_img=run.mask_img)
+    mask_img = model.masker_.mask_img_
+    maps = glm.compute_contrasts(model, design, config.contrasts, conditions)
+    cmat = glm.contrast_matrix(config.contrasts, design)
+
+    figures: dict[str, str] = {}
+    bg_img = _background(run, bold)
+
+    def fig(role: str, filename: str) -> Path:
+        figures[role] = f"figures/{filename}"
+        return stage / "figures" / filename
+
+    from .figures import maps as fmaps
+
+    _step("thresholding and cluster tables")
+    contrast_results = {}
+    for name, m in maps.items():
+        ent = glm.entity(name)
+        thr = inference.threshold_all(m.z_img, mask_img, config.inference)
+        primary_img, primary = thr[config.inference.primary]
+        clusters, label_img = inference.cluster_table(m.z_img, primary, config.inference.min_distance)
+        files = {}
+
+        def save(role, img, filename, sidecar):
+            files[role] = f"derivatives/{filename}"
+            nib.save(img, stage / "derivatives" / filename)
+            (stage / "derivatives" / filename.replace(".nii.gz", ".json")).write_text(
+                json.dumps({"Contrast": name, "ContrastExpression": m.expression, "Space": run.space,
+                            **sidecar}, indent=1, sort_keys=True))
+
+        save("z", m.z_img, f"contrast-{ent}_stat-z_statmap.nii.gz", {"Statistic": "z", "Thresholded": False})
+        save("effect", m.effect_img, f"contrast-{ent}_stat-effect_statmap.nii.gz",
+             {"Statistic": "effect size", "Units": "% signal change" if config.glm.signal_scaling == 0
+              else "BOLD units", "Thresholded": False})
+        save("z_thresholded", primary_img, f"contrast-{ent}_stat-z_desc-thresholded_statmap.nii.gz",
+             {"Statistic": "z", "Thresholded": True, "Threshold": primary.label,
+              "ZThreshold": primary.z_threshold if np.isfinite(primary.z_threshold) else None})
+        if label_img is not None:
+            save("clusters_img", label_img, f"contrast-{ent}_desc-clusters_dseg.nii.gz",
+                 {"Description": "cluster number as in the cluster table", "Threshold": primary.label})
+        files["clusters"] = f"tables/contrast-{ent}_clusters.tsv"
+        clusters.to_csv(stage / files["clusters"], sep="\t", index=False, float_format="%.6g")
+
+        recovery = None
+        if run.truth is not None:
+            from . import simulate
+
+            recovery = {k: float(v) for k, v in simulate.recovery(thr["fdr"][0], run.truth).items()}
+        z = m.z_img.get_fdata()[np.asarray(mask_img.dataobj) > 0]
+        contrast_results[name] = ContrastResult(
+            name=name, entity=ent, expression=m.expression, vector=m.vector,
+            thresholds=tuple(r for _, r in thr.values()), primary_key=config.inference.primary,
+            clusters=clusters, z_max=float(z.max()), z_min=float(z.min()),
+            direction=glm.describe_direction(m.expression, conditions), files=files, recovery=recovery)
+
+        _step(f"figures for {name}")
+        fmaps.plot_map(m.effect_img, fig(f"{name}.effect", f"contrast-{ent}_stat-effect_statmap.png"), bg_img=bg_img,
+                       colorbar_label="% signal change" if config.glm.signal_scaling == 0 else "effect")
+        fmaps.plot_map(m.z_img, fig(f"{name}.z", f"contrast-{ent}_stat-z_statmap.png"), bg_img=bg_img,
+                       colorbar_label="z")
+        fmaps.plot_glass(primary_img, fig(f"{name}.glass", f"contrast-{ent}_desc-glass_statmap.png"))
+        fmaps.plot_threshold_panel(
+            {k: img for k, (img, _) in thr.items()}, {k: r.label for k, (_, r) in thr.items()},
+            {k: f"{r.n_pos} + / {r.n_neg} \u2212 voxels" for k, (_, r) in thr.items()},
+            fig(f"{name}.thresholds", f"contrast-{ent}_desc-thresholds_statmap.png"))
+
+    _step("design and data figures")
+    fmaps.plot_design(design, fig("design", "desc-design_matrix.png"))
+    fmaps.plot_contrasts(cmat, design, fig("contrasts", "desc-contrasts_matrix.png"))
+    from nilearn.image import mean_img
+
+    mean = mean_img(bold, copy_header=True)
+    fmaps.plot_volumes(bold, fig("volumes", "desc-firstvolumes_bold.png"))
+    fmaps.plot_image(mean, fig("mean", "desc-mean_bold.png"))
+    if run.anat_img is not None:
+        fmaps.plot_image(run.anat_img, fig("anat", "desc-anat_T1w.png"))
+
+    arr = np.asarray(bold.dataobj)
+    dataset = DatasetInfo(
+        dataset=run.dataset, description=run.description, space=run.space, is_simulated=run.is_simulated,
+        fallback_reason=run.fallback_reason, shape=tuple(int(s) for s in bold.shape),
+        voxel_size=tuple(float(z) for z in bold.header.get_zooms()[:3]), dtype=str(bold.get_data_dtype()),
+        value_min=float(arr.min()), value_max=float(arr.max()), n_scans=run.n_scans, t_r=run.t_r,
+        t_r_header=t_r_header, has_anat=run.anat_img is not None, events=run.events,
+        files={n: {"path": str(Path(p).resolve()), "sha256": checksums[n]} for n, p in sorted(run.files.items())})
+    drift_cols = [c for c in design.columns if c.startswith("drift") or c.startswith("cosine")]
+    model_info = ModelInfo(
+        noise_model=config.glm.noise_model, hrf_model=config.glm.hrf_model, drift_model=config.glm.drift_model,
+        high_pass=config.glm.high_pass, smoothing_fwhm=config.glm.smoothing_fwhm,
+        signal_scaling=config.glm.signal_scaling, standardize=config.glm.standardize,
+        design_columns=tuple(design.columns), conditions=tuple(conditions), n_drift=len(drift_cols),
+        dof=float(run.n_scans - np.linalg.matrix_rank(design.to_numpy())),
+        n_mask_voxels=int(np.count_nonzero(np.asarray(mask_img.dataobj))),
+        mask_source="the MNI152 brain mask supplied with the data" if run.mask_img is not None
+        else "an EPI mask computed by nilearn", contrast_matrix=cmat)
+    results = Results(cache_key=key, config=config, dataset=dataset, model=model_info, contrasts=contrast_results,
+                      figures=figures, versions=_versions(), extras={}, output_dir=str(out))
+    (stage / RESULTS_FILE).write_text(results.to_json(), encoding="utf-8")
+    log.info("analysis finished in %.1f s", time.perf_counter() - t0)
+    return results
+
+
+def _check_t_r(run: data.Run, config: Config) -> float:
+    zooms = run.bold_img.header.get_zooms()
+    units = run.bold_img.header.get_xyzt_units()[1]
+    t_r_header = float(zooms[3]) if len(zooms) > 3 else 0.0
+    if units == "msec":
+        t_r_header /= 1000.0
+    source = next(iter(run.files.values()), "BOLD image")
+    if not np.isclose(run.t_r, config.glm.t_r, rtol=1e-3):
+        raise data.DataError(f"{source}: the dataset's TR is {run.t_r:g} s but glm.t_r = {config.glm.t_r:g} s in "
+                             "the config; set glm.t_r to the acquisition TR")
+    if t_r_header > 0 and not np.isclose(t_r_header, config.glm.t_r, rtol=1e-3):
+        raise data.DataError(f"{source}: the image header says TR = {t_r_header:g} s but glm.t_r = "
+                             f"{config.glm.t_r:g} s; fix glm.t_r (or the header's pixdim[4])")
+    return t_r_header
+
+
+def _background(run: data.Run, bold):
+    if run.space.startswith("MNI"):
+        from nilearn.datasets import load_mni152_template
+
+        return load_mni152_template(resolution=2)
+    from nilearn.image import mean_img
+
+    return mean_img(bold, copy_header=True)
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version(), "analysis": __version__}
+    for pkg in ("nilearn", "nibabel", "numpy", "scipy", "pandas", "matplotlib", "scikit-learn", "jinja2"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _step(message: str) -> None:
+    log.info(message)
+
+
+def main_logging() -> None:
+    """Console progress for ``python -m analysis``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[analysis %(asctime)s] %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)

@@ -1,0 +1,177 @@
+"""Noise models: the default one gives a calibrated null z on the reference design.
+
+Pure noise (white or AR(1)) on a (20, 25, 40) grid = 20,000 voxels x 84 scans, fitted with
+the reference design (TR 7 s, seven 42 s "listening" blocks, SPM HRF, 0.01 Hz cosine
+high-pass): the z map of "listening" must be standard normal. Run with ``-s`` to see the table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from nilearn.glm.first_level import FirstLevelModel, make_first_level_design_matrix
+import nibabel as nib
+
+from analysis.noise import (DEFAULT_NOISE_MODEL, NOISE_MODELS, CalibratedFirstLevelModel, bias_corrected_ar1,
+                            fit_first_level, fit_noise_model, model_data)
+
+T_R = 7.0
+N_SCANS = 84
+SHAPE = (20, 25, 40)  # 20,000 voxels: a share of 0.001 is ~20 voxels
+ONSETS = [42, 126, 210, 294, 378, 462, 546]
+NOMINAL_329 = 0.001  # two-sided p of |z| > 3.29
+
+
+def _reference_design() -> pd.DataFrame:
+    events = pd.DataFrame({"onset": ONSETS, "duration": 42.0, "trial_type": "listening"})
+    return make_first_level_design_matrix(np.arange(N_SCANS) * T_R, events, hrf_model="spm",
+                                          drift_model="cosine", high_pass=0.01)
+
+
+def _noise_img(rho, seed: int = 0, shape=SHAPE) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """Pure AR(1) noise (rho scalar or per-voxel array of ``shape``) around a baseline of 100, 3 mm voxels."""
+    rng = np.random.default_rng(seed)
+    rho = np.broadcast_to(np.asarray(rho, dtype=float), shape)
+    e = rng.standard_normal((N_SCANS, *shape))
+    y = np.empty_like(e)
+    y[0] = e[0] / np.sqrt(1 - rho**2)
+    for t in range(1, N_SCANS):
+        y[t] = rho * y[t - 1] + e[t]
+    scale = rng.uniform(1, 5, shape)  # voxels differ in noise level
+    data = np.moveaxis(100 + scale * y, 0, -1).astype(np.float32)
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    return nib.Nifti1Image(data, affine), nib.Nifti1Image(np.ones(shape, np.uint8), affine)
+
+
+def _z(model, mask_img) -> np.ndarray:
+    z_img = model.compute_contrast("listening", output_type="z_score")
+    return z_img.get_fdata()[mask_img.get_fdata() > 0]
+
+
+@pytest.fixture(scope="module")
+def design():
+    return _reference_design()
+
+
+NOISE_CASES = {"white": 0.0, "ar(1) rho .10": 0.1, "ar(1) rho .25": 0.25, "ar(1) rho .40": 0.4}
+
+
+@pytest.mark.parametrize("noise", list(NOISE_CASES))
+def test_default_model_null_z_is_standard_normal(noise, design):
+    bold_img, mask_img = _noise_img(NOISE_CASES[noise], seed=1)
+    model = fit_first_level(bold_img, design, mask_img, t_r=T_R, noise_model=DEFAULT_NOISE_MODEL)
+    z = _z(model, mask_img)
+    sd, share = z.std(), np.mean(np.abs(z) > 3.29)
+    print(f"\n{noise:14s} {DEFAULT_NOISE_MODEL:10s} z mean {z.mean():+.3f}  z SD {sd:.3f}  "
+          f"share |z|>3.29 {share:.4f} (nominal {NOMINAL_329})  median rho {np.median(model.rho_[0]):.3f}")
+    assert abs(sd - 1) <= 0.05
+    assert abs(z.mean()) <= 0.05
+    assert NOMINAL_329 / 2 <= share <= 2 * NOMINAL_329
+
+
+def test_reference_ar1_is_not_calibrated_on_white_noise(design):
+    """nilearn's ar1 inflates z on this design: the reason the default is different."""
+    bold_img, mask_img = _noise_img(0.0, seed=2)
+    rows = {}
+    for name in ("ols", "ar1", DEFAULT_NOISE_MODEL):
+        z = _z(fit_first_level(bold_img, design, mask_img, t_r=T_R, noise_model=name), mask_img)
+        rows[name] = (z.std(), np.mean(np.abs(z) > 3.29))
+        print(f"\nwhite {name:10s} z SD {rows[name][0]:.3f}  share |z|>3.29 {rows[name][1]:.4f}")
+    assert rows["ar1"][0] > 1.1 and rows["ar1"][1] > 3 * NOMINAL_329
+    assert abs(rows[DEFAULT_NOISE_MODEL][0] - 1) <= 0.05
+
+
+def test_regional_autocorrelation_stays_calibrated(design):
+    """Half the brain rho .1, half rho .4: the smoothed estimate keeps both halves calibrated."""
+    rho = np.zeros(SHAPE)
+    rho[:10], rho[10:] = 0.1, 0.4
+    bold_img, mask_img = _noise_img(rho, seed=3)
+    model = fit_first_level(bold_img, design, mask_img, t_r=T_R, noise_model="ar1_bc")
+    z = model.compute_contrast("listening").get_fdata()
+    rho_img = model.masker_.inverse_transform(model.rho_[0]).get_fdata()
+    for half, true_rho in ((np.s_[2:8], 0.1), (np.s_[12:18], 0.4)):  # away from the border
+        zh = z[half].ravel()
+        print(f"\nrho {true_rho}: z SD {zh.std():.3f}, share |z|>3.29 {np.mean(np.abs(zh) > 3.29):.4f}, "
+              f"median estimated rho {np.median(rho_img[half]):.3f}")
+        assert abs(zh.std() - 1) <= 0.05
+        assert abs(np.median(rho_img[half]) - true_rho) <= 0.05
+
+
+def test_all_output_types_work(design):
+    bold_img, mask_img = _noise_img(0.2, seed=4, shape=(7, 8, 9))
+    for name in NOISE_MODELS:
+        model = fit_first_level(bold_img, design, mask_img, t_r=T_R, noise_model=name)
+        out = model.compute_contrast("listening", output_type="all")
+        assert set(out) == {"z_score", "stat", "p_value", "effect_size", "effect_variance"}
+        assert all(img.shape == (7, 8, 9) for img in out.values())
+        assert np.all(np.isfinite(out["z_score"].get_fdata()))
+        assert isinstance(model, FirstLevelModel)
+        assert model.noise_model == name
+
+
+def test_labels_and_results_have_run_glm_layout(design):
+    bold_img, mask_img = _noise_img(0.3, seed=5, shape=(7, 8, 9))
+    model = fit_first_level(bold_img, design, mask_img, t_r=T_R, noise_model="ar1_bc", rho_fwhm=0)
+    labels, results = model.labels_, model.results_
+    assert isinstance(labels, list) and isinstance(results, list) and len(labels) == len(results) == 1
+    assert labels[0].shape == (7 * 8 * 9,)
+    assert set(np.unique(labels[0])) == set(results[0])
+    assert np.allclose(np.asarray(labels[0], dtype=float), model.rho_[0])
+    # minimize_memory=True (nilearn's default) keeps only what contrasts need
+    assert not hasattr(next(iter(results[0].values())), "Y")
+
+
+def test_reference_ar1_is_exactly_nilearn(design):
+    bold_img, mask_img = _noise_img(0.3, seed=6, shape=(7, 8, 9))
+    ours = fit_first_level(bold_img, design, mask_img, t_r=T_R, noise_model="ar1")
+    theirs = FirstLevelModel(t_r=T_R, noise_model="ar1", mask_img=mask_img).fit(bold_img, design_matrices=[design])
+    np.testing.assert_array_equal(_z(ours, mask_img), _z(theirs, mask_img))
+
+
+def test_bias_correction_inverts_expected_residual_autocorrelation(design):
+    """For a true rho, the OLS-residual autocorrelation averaged over many voxels maps back to rho."""
+    X = design.to_numpy(dtype=float)
+    rng = np.random.default_rng(7)
+    for rho in (0.0, 0.2, 0.4):
+        e = rng.standard_normal((N_SCANS, 20000))
+        y = np.empty_like(e)
+        y[0] = e[0] / np.sqrt(1 - rho**2)
+        for t in range(1, N_SCANS):
+            y[t] = rho * y[t - 1] + e[t]
+        r = y - X @ np.linalg.lstsq(X, y, rcond=None)[0]
+        q = np.mean(np.sum(r[1:] * r[:-1], 0) / np.sum(r * r, 0))
+        assert q < rho - 0.05  # the raw estimate is biased downwards ...
+        assert abs(float(bias_corrected_ar1(q, X)) - rho) < 0.02  # ... the corrected one is not
+
+
+def test_pooled_model_uses_one_coefficient(design):
+    bold_img, mask_img = _noise_img(0.3, seed=8, shape=(7, 8, 9))
+    model = fit_first_level(bold_img, design, mask_img, t_r=T_R, noise_model="ar1_pooled")
+    assert len(model.results_[0]) == 1 and np.ptp(model.rho_[0]) == 0
+
+
+def test_model_data_returns_the_fitted_matrix(design):
+    bold_img, mask_img = _noise_img(0.3, seed=9, shape=(7, 8, 9))
+    model = fit_first_level(bold_img, design, mask_img, t_r=T_R, noise_model="ar1_bc", minimize_memory=False)
+    Y = model_data(model)
+    labels, results, _ = fit_noise_model(Y, design.to_numpy(float), "ar1_bc", mask_img=model.masker_.mask_img_)
+    assert np.array_equal(labels, model.labels_[0])
+    assert Y.shape == (N_SCANS, 7 * 8 * 9)
+    assert np.allclose(Y.mean(0), 0, atol=1e-3)  # nilearn's mean scaling (percent signal change)
+
+
+def test_unknown_noise_model_names_the_choices(design):
+    bold_img, mask_img = _noise_img(0.0, seed=10, shape=(7, 8, 9))
+    with pytest.raises(ValueError, match="ar1_bc") as err:
+        fit_first_level(bold_img, design, mask_img, t_r=T_R, noise_model="ar9_magic")
+    assert all(name in str(err.value) for name in NOISE_MODELS)
+    with pytest.raises(ValueError, match="valid choices"):
+        CalibratedFirstLevelModel(noise_model="nope").fit(bold_img, design_matrices=[design])
+
+
+def test_noise_models_are_described_with_citations():
+    assert DEFAULT_NOISE_MODEL in NOISE_MODELS and "ar1" in NOISE_MODELS and "ols" in NOISE_MODELS
+    for key, model in NOISE_MODELS.items():
+        assert model.name == key and model.description
+    assert "worsley2002" in NOISE_MODELS["ar1_bc"].citations

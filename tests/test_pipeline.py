@@ -1,0 +1,74 @@
+"""End to end on the simulated dataset (full size, run once per session)."""
+
+import json
+import re
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from analysis import report, run, text
+from analysis.results import Results
+
+
+def test_recovers_ground_truth_at_fdr(sim_results):
+    rec = sim_results.contrast("listening").recovery
+    print(f"\nsimulated recovery at FDR q < .05: sensitivity {rec['sensitivity']:.3f} "
+          f"(auditory voxels {rec['n_auditory']:.0f}), false discovery proportion {rec['fdp']:.3f} "
+          f"({rec['n_false_positive']:.0f} of {rec['n_suprathreshold']:.0f} suprathreshold voxels)")
+    assert rec["sensitivity"] >= 0.8
+    assert rec["fdp"] <= 0.1
+
+
+def test_outputs_exist_and_maps_load(sim_results):
+    for rel in sim_results.figures.values():
+        assert sim_results.path(rel).stat().st_size > 1000
+    c = sim_results.contrast()
+    z = nib.load(sim_results.path(c.files["z"]))
+    assert z.shape == sim_results.dataset.shape[:3]
+    sidecar = json.loads(sim_results.path(c.files["z_thresholded"]).with_suffix("").with_suffix(".json").read_text())
+    assert sidecar["Contrast"] == "listening" and sidecar["Threshold"] == c.primary.label
+    table = pd.read_csv(sim_results.path(c.files["clusters"]), sep="\t")
+    assert len(table) == len(c.clusters)
+
+
+def test_prose_agrees_with_the_cluster_table(sim_results):
+    c = sim_results.contrast()
+    prose = report.results_text(sim_results)
+    mentioned = re.findall(r"\((\u2212?\d+), (\u2212?\d+), (\u2212?\d+)\) mm \(z = (\u2212?[\d.]+), ([\d,]+) voxels", prose)
+    assert mentioned, prose
+    peaks = c.peaks()
+    for x, y, z, zval, k in mentioned:
+        xyz = [int(v.replace("\u2212", "-")) for v in (x, y, z)]
+        row = peaks[(peaks["X"].round() == xyz[0]) & (peaks["Y"].round() == xyz[1]) & (peaks["Z"].round() == xyz[2])]
+        assert len(row) == 1, (xyz, peaks)
+        assert text.fmt_z(row["Peak Stat"].iloc[0]) == zval
+        assert int(row["Cluster Size (voxels)"].iloc[0]) == int(k.replace(",", ""))
+    p = c.primary
+    assert text.fmt_k(p.n_pos) in prose and c.direction in prose
+
+
+def test_results_round_trip_and_cache_hit(sim_results, sim_config_path):
+    again = run(sim_config_path)
+    assert again.cache_key == sim_results.cache_key
+    assert again.to_json() == sim_results.to_json()
+    path = sim_results.path("results/results.json")
+    assert Results.from_json(path).to_json() == path.read_text()
+
+
+def test_nothing_survives_reads_well(sim_results):
+    import dataclasses
+
+    from analysis.inference import ThresholdResult
+
+    c = sim_results.contrast()
+    empty = dataclasses.replace(
+        c, thresholds=tuple(dataclasses.replace(t, n_pos=0, n_neg=0, n_pos_clusters=0, n_neg_clusters=0,
+                                                z_threshold=float("inf")) if isinstance(t, ThresholdResult) else t
+                            for t in c.thresholds),
+        clusters=c.clusters.iloc[:0], recovery=None)
+    res = dataclasses.replace(sim_results, contrasts={c.name: empty})
+    prose = report.results_text(res)
+    assert prose.startswith("For *listening*, no voxel survived") and "no evidence" in prose
+    assert "undefined" in prose
+    assert np.isfinite(c.z_max)
