@@ -237,3 +237,50 @@ def check_events(events: pd.DataFrame, n_scans: int, t_r: float, path: str = "ev
                         f"{n_scans} scans x TR {t_r:g} s); are onsets in seconds and is the TR right?")
     events["trial_type"] = events["trial_type"].astype(str)
     return events.sort_values("onset", kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class MaskReport:
+    """The analysis mask and the voxels removed from it."""
+
+    mask_img: nib.Nifti1Image
+    source: str
+    n_nonfinite: int  # voxels with NaN/inf at any time point (excluded)
+    n_constant: int  # voxels whose time series never changes (excluded: no variance to model)
+
+
+def analysis_mask(run: Run) -> MaskReport:
+    """The brain mask for the GLM, without voxels that would break it (non-finite or constant).
+
+    Uses the mask supplied with the data, or nilearn's EPI mask of the run. A supplied
+    mask on another grid than the run is refused.
+    """
+    from nilearn.masking import compute_epi_mask
+
+    bold = run.bold_img
+    data = np.asarray(bold.dataobj, dtype=np.float32)
+    finite = np.isfinite(data).all(axis=3)
+    if run.mask_img is not None:
+        mask_img = run.mask_img
+        if mask_img.shape[:3] != bold.shape[:3] or not np.allclose(mask_img.affine, bold.affine, atol=1e-3):
+            raise DataError(f"{run.files.get('mask', 'brain mask')}: its grid (shape {mask_img.shape[:3]}, affine "
+                            "differs) does not match the BOLD run; resample the mask to the run "
+                            "(nilearn.image.resample_to_img(mask, bold, interpolation='nearest'))")
+        mask = np.asarray(mask_img.dataobj) > 0
+        source = "the brain mask supplied with the data"
+    else:
+        clean = np.where(finite[..., None], data, 0.0)
+        mask = np.asarray(compute_epi_mask(nib.Nifti1Image(clean, bold.affine)).dataobj) > 0
+        source = "an EPI mask computed by nilearn"
+    with np.errstate(invalid="ignore"):
+        constant = finite & (np.ptp(np.where(finite[..., None], data, 0.0), axis=3) == 0)
+    n_nonfinite = int((mask & ~finite).sum())
+    n_constant = int((mask & constant).sum())
+    mask &= finite & ~constant
+    if not mask.any():
+        raise DataError(f"{next(iter(run.files.values()), 'BOLD image')}: no voxel with a usable time series "
+                        "(all are constant or non-finite); check the image")
+    if n_nonfinite or n_constant:
+        log.warning("excluded %d voxels with non-finite values and %d constant voxels from the mask",
+                    n_nonfinite, n_constant)
+    return MaskReport(nib.Nifti1Image(mask.astype(np.uint8), bold.affine), source, n_nonfinite, n_constant)

@@ -164,7 +164,7 @@ def _fit_ar1_bins(Y: np.ndarray, X: np.ndarray, rho: np.ndarray, bins: int, n_jo
     unique = np.unique(labels)
     fits = Parallel(n_jobs=n_jobs)(
         delayed(_ar_fit)(X, float(binned[labels == lab][0]), Y[:, labels == lab]) for lab in unique)
-    return labels, dict(zip(unique, fits, strict=True))
+    return labels, dict(zip(unique, fits, strict=True)), binned
 
 
 def _ar_fit(X, rho, Y):
@@ -200,7 +200,7 @@ def fit_noise_model(Y: np.ndarray, X: np.ndarray, noise_model: str, *, mask_img=
     results : dict
         Label -> :class:`~nilearn.glm.regression.RegressionResults`, as ``run_glm`` returns.
     rho : array of shape (n_voxels,)
-        AR(1) coefficient used for each voxel (zeros for ``"ols"``).
+        AR(1) coefficient used for each voxel, after binning (zeros for ``"ols"``).
     """
     check_noise_model(noise_model)
     X = np.asarray(X, dtype=np.float64)
@@ -217,8 +217,7 @@ def fit_noise_model(Y: np.ndarray, X: np.ndarray, noise_model: str, *, mask_img=
         if mask_img is None:
             raise ValueError("ar1_bc with rho_fwhm > 0 needs the mask image to smooth the autocorrelation")
         q = _smooth_in_mask(q, mask_img, float(rho_fwhm))
-    rho = bias_corrected_ar1(q, X)
-    labels, results = _fit_ar1_bins(Y, X, rho, bins, n_jobs)
+    labels, results, rho = _fit_ar1_bins(Y, X, bias_corrected_ar1(q, X), bins, n_jobs)
     return labels, results, rho
 
 
@@ -235,12 +234,12 @@ class CalibratedFirstLevelModel(FirstLevelModel):
     ``compute_contrast`` (every ``output_type``) and the other nilearn methods work as usual.
     Other noise models go straight to nilearn.
 
-    Attributes (in addition to nilearn's)
-    ------------------------------------
+    Attributes
+    ----------
     rho_ : list of arrays
-        AR(1) coefficient used for each voxel, one array per run.
+        AR(1) coefficient used for each voxel, one array per run (in addition to nilearn's attributes).
     rho_fwhm_ : float or None
-        Smoothing of the autocorrelation that was used.
+        Smoothing (mm) of the autocorrelation that was used.
     """
 
     def fit(self, run_imgs, events=None, confounds=None, sample_masks=None, design_matrices=None,

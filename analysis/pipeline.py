@@ -82,6 +82,8 @@ def run(config: Config | str | Path | None = None, *, force: bool = False) -> Re
             cached = _valid_cached(config, out)
             if cached is not None:
                 return cached
+        for stale in [*cache.glob("staging-*"), *cache.glob("old-staging-*")]:  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
         stage = cache / f"staging-{uuid.uuid4().hex[:8]}"
         try:
             results = _compute(config, stage, out)
@@ -204,7 +206,11 @@ def _compute(config: Config, stage: Path, out: Path) -> Results:
     (design.rename_axis("frame_time").to_csv(stage / "tables" / "design.tsv", sep="\t", float_format="%.6g"))
 
     _step(f"fitting the GLM ({config.glm.noise_model} noise model)")
-    model = glm.fit(bold, design, config, mask_img=run.mask_img)
+    mask = data.analysis_mask(run)
+    if mask.n_nonfinite:  # the GLM must not see NaN; those voxels are outside the mask anyway
+        arr = np.asarray(bold.dataobj, dtype=np.float32)
+        bold = nib.Nifti1Image(np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0), bold.affine, bold.header)
+    model = glm.fit(bold, design, config, mask_img=mask.mask_img)
     mask_img = model.masker_.mask_img_
     maps = glm.compute_contrasts(model, design, config.contrasts, conditions)
     cmat = glm.contrast_matrix(config.contrasts, design)
@@ -297,8 +303,8 @@ def _compute(config: Config, stage: Path, out: Path) -> Results:
         design_columns=tuple(design.columns), conditions=tuple(conditions), n_drift=len(drift_cols),
         dof=float(run.n_scans - np.linalg.matrix_rank(design.to_numpy())),
         n_mask_voxels=int(np.count_nonzero(np.asarray(mask_img.dataobj))),
-        mask_source="the MNI152 brain mask supplied with the data" if run.mask_img is not None
-        else "an EPI mask computed by nilearn", contrast_matrix=cmat)
+        mask_source=mask.source, n_excluded_nonfinite=mask.n_nonfinite, n_excluded_constant=mask.n_constant,
+        contrast_matrix=cmat)
     results = Results(cache_key=key, config=config, dataset=dataset, model=model_info, contrasts=contrast_results,
                       figures=figures, versions=_versions(), extras={}, output_dir=str(out))
     (stage / RESULTS_FILE).write_text(results.to_json(), encoding="utf-8")

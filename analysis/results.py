@@ -95,6 +95,8 @@ class ModelInfo:
     n_mask_voxels: int
     mask_source: str
     contrast_matrix: pd.DataFrame
+    n_excluded_nonfinite: int = 0
+    n_excluded_constant: int = 0
 
     @property
     def n_regressors(self) -> int:
@@ -203,7 +205,8 @@ class Results:
                 "shape": list(ds.shape), "voxel_size": list(ds.voxel_size), "events": df_to_records(ds.events)},
             "model": {**{k: getattr(self.model, k) for k in (
                 "noise_model", "hrf_model", "drift_model", "high_pass", "smoothing_fwhm", "signal_scaling",
-                "standardize", "n_drift", "dof", "n_mask_voxels", "mask_source")},
+                "standardize", "n_drift", "dof", "n_mask_voxels", "mask_source", "n_excluded_nonfinite",
+                "n_excluded_constant")},
                 "design_columns": list(self.model.design_columns), "conditions": list(self.model.conditions),
                 "contrast_matrix": df_to_records(self.model.contrast_matrix.reset_index(names="contrast"))},
             "contrasts": {k: v.to_dict() for k, v in self.contrasts.items()},

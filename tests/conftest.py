@@ -77,9 +77,10 @@ def _close_figures():
     plt.close("all")
 
 
-def write_config(folder: Path, **sections) -> Path:
-    """A TOML config for the simulated dataset writing into ``folder``."""
-    lines = ["[data]", 'dataset = "simulated"', "", "[output]", f'dir = "{folder}"', ""]
+def write_config(folder: Path, cache_dir: Path | None = None, **sections) -> Path:
+    """A TOML config for the simulated dataset writing into ``folder`` (cache in ``cache_dir`` if given)."""
+    lines = ["[data]", 'dataset = "simulated"', "", "[output]", f'dir = "{folder}"']
+    lines += [f'cache_dir = "{cache_dir}"', ""] if cache_dir else [""]
     for section, values in sections.items():
         lines.append(f"[{section}]")
         for k, v in values.items():

@@ -122,6 +122,7 @@ def test_labels_and_results_have_run_glm_layout(design):
     assert not hasattr(next(iter(results[0].values())), "Y")
 
 
+@pytest.mark.filterwarnings("ignore:If design matrices are supplied", "ignore:.*Generation of a mask")
 def test_reference_ar1_is_exactly_nilearn(design):
     bold_img, mask_img = _noise_img(0.3, seed=6, shape=(7, 8, 9))
     ours = fit_first_level(bold_img, design, mask_img, t_r=T_R, noise_model="ar1")

@@ -251,7 +251,8 @@ def test_auditory_activation_is_recovered_with_the_report_glm(default_recovery):
 @pytest.mark.xfail(strict=True, reason=(
     "nilearn's noise_model='ar1' estimates rho by Yule-Walker on OLS residuals with no bias correction; "
     "with 84 scans and 13 regressors it is biased by about -0.25 (true 0.3 -> median 0.05), so null z "
-    "has sd ~1.28 and FDR is not controlled. Calibration is shown by the OLS test on white noise below."))
+    "has sd ~1.28 and FDR is not controlled. Calibration is shown by the OLS test on white noise below; the "
+    "project's bias-corrected 'ar1_bc' (analysis/noise.py) meets the target on this run."))
 def test_false_discovery_proportion_with_the_report_glm(default_recovery):
     _, scores = default_recovery
     assert scores["fdp"] <= 0.1, scores

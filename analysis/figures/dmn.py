@@ -1,0 +1,137 @@
+"""Default Mode Network figures: one function per figure, ``plot_*(..., out_file) -> Path``; drawing only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from ._base import save_figure
+
+__all__ = ["plot_dmn_map", "plot_dmn_nodes", "plot_z_with_dmn_contours", "plot_roi_effects", "plot_seed_map"]
+
+DMN_COLOR = "#cd3e4e"  # Yeo 2011 LUT colour of network 7 (Default)
+CONTROL_COLOR = "#4682b4"
+SCHAEFER_COLOR = "#e69422"
+CUT_COORDS = (0, -53, 26)
+
+
+def _bg(bg_img):
+    if bg_img is not None:
+        return bg_img
+    from nilearn.datasets import load_mni152_template
+
+    return load_mni152_template(resolution=2)
+
+
+def plot_dmn_map(dmn_mask_img, out_file, *, schaefer_mask_img=None, bg_img=None,
+                 cut_coords=CUT_COORDS, title: str | None = None) -> Path:
+    """The DMN mask (Yeo network 7) on the MNI template; Schaefer's Default parcels as a contour if given."""
+    from nilearn import plotting
+
+    fig = plt.figure(figsize=(8, 3))
+    display = plotting.plot_roi(dmn_mask_img, bg_img=_bg(bg_img), cut_coords=cut_coords, display_mode="ortho",
+                                cmap=_single_cmap(DMN_COLOR), alpha=0.7, figure=fig, title=title,
+                                draw_cross=False, black_bg=False)
+    if schaefer_mask_img is not None:
+        display.add_contours(schaefer_mask_img, levels=[0.5], colors=[SCHAEFER_COLOR], linewidths=1.0)
+    return save_figure(fig, out_file)
+
+
+def _single_cmap(color):
+    from matplotlib.colors import ListedColormap
+
+    return ListedColormap([color])
+
+
+def plot_dmn_nodes(nodes: pd.DataFrame, out_file, *, control: pd.DataFrame | None = None, node_size: float = 30,
+                   title: str | None = None) -> Path:
+    """DMN nodes (and the auditory control nodes) on a glass brain; coordinates from ``X``, ``Y``, ``Z``."""
+    from nilearn import plotting
+
+    fig = plt.figure(figsize=(8, 3))
+    display = plotting.plot_glass_brain(None, display_mode="lzry", figure=fig, title=title, black_bg=False)
+    display.add_markers(nodes[["X", "Y", "Z"]].to_numpy(dtype=float), marker_color=DMN_COLOR,
+                        marker_size=node_size)
+    if control is not None and len(control):
+        display.add_markers(control[["X", "Y", "Z"]].to_numpy(dtype=float), marker_color=CONTROL_COLOR,
+                            marker_size=node_size)
+    return save_figure(fig, out_file)
+
+
+def plot_z_with_dmn_contours(z_img, dmn_mask_img, out_file, *, threshold: float, bg_img=None,
+                             cut_coords=CUT_COORDS, title: str | None = None) -> Path:
+    """The subject's z map (|z| > ``threshold``, the cut-off actually used) with the DMN outline."""
+    from nilearn import plotting
+
+    fig = plt.figure(figsize=(8, 3))
+    display = plotting.plot_stat_map(z_img, bg_img=_bg(bg_img), threshold=abs(float(threshold)),
+                                     cut_coords=cut_coords, display_mode="ortho", figure=fig, title=title,
+                                     draw_cross=False, black_bg=False, cmap="RdBu_r")
+    display.add_contours(dmn_mask_img, levels=[0.5], colors=["k"], linewidths=1.2)
+    return save_figure(fig, out_file)
+
+
+def plot_roi_effects(nodes_table: pd.DataFrame, out_file, *, control_table: pd.DataFrame | None = None,
+                     network=None, control_network=None, alpha: float = 0.05, label_col: str = "ROI") -> Path:
+    """Dot plot of the effect (with 95 % CI) per DMN node, the auditory control and the network means.
+
+    Tables have ``Effect``, ``CI Low``, ``CI High``, ``q`` and ``Unit`` columns (as :func:`analysis.dmn.roi_glm`
+    returns); ``network`` / ``control_network`` are :class:`analysis.dmn.NetworkTest` objects drawn as
+    diamonds. Filled markers: FDR q < ``alpha``.
+    """
+    parts = [("DMN", nodes_table, DMN_COLOR)]
+    if control_table is not None and len(control_table):
+        parts.append(("Auditory", control_table, CONTROL_COLOR))
+    n_rows = sum(len(t) for _, t, _ in parts) + sum(x is not None for x in (network, control_network))
+    fig, ax = plt.subplots(figsize=(6, max(3.0, 0.13 * n_rows + 1.0)))
+    y = 0
+    ticks, ticklabels = [], []
+    for name, summary, color in ((("DMN (network)", network, DMN_COLOR),
+                                  ("Auditory (network)", control_network, CONTROL_COLOR))):
+        if summary is None:
+            continue
+        ax.errorbar(summary.effect, y, xerr=[[summary.effect - summary.ci_low], [summary.ci_high - summary.effect]],
+                    fmt="D", color=color, markersize=6, capsize=2)
+        ticks.append(y)
+        ticklabels.append(name)
+        y += 1
+    y += 0.5
+    for name, table, color in parts:
+        table = table.sort_values("Effect")
+        for _, row in table.iterrows():
+            if not np.isfinite(row["Effect"]):
+                continue
+            filled = bool(np.isfinite(row["q"]) and row["q"] < alpha)
+            ax.errorbar(row["Effect"], y, xerr=[[row["Effect"] - row["CI Low"]], [row["CI High"] - row["Effect"]]],
+                        fmt="o", color=color, mfc=color if filled else "white", markersize=3.5, elinewidth=0.8)
+            ticks.append(y)
+            ticklabels.append(str(row[label_col]))
+            y += 1
+        y += 0.5
+    ax.axvline(0, color="0.5", linewidth=0.8)
+    ax.set_yticks(ticks)
+    ax.set_yticklabels(ticklabels, fontsize=5)
+    ax.invert_yaxis()
+    unit = str(nodes_table["Unit"].dropna().iloc[0]) if "Unit" in nodes_table and nodes_table["Unit"].notna().any() \
+        else "effect"
+    ax.set_xlabel(f"Effect ({unit}), 95 % CI")
+    ax.spines[["top", "right"]].set_visible(False)
+    return save_figure(fig, out_file)
+
+
+def plot_seed_map(seed_z_img, out_file, *, threshold: float, seed=CUT_COORDS, dmn_mask_img=None, bg_img=None,
+                  title: str | None = None) -> Path:
+    """The seed-based z map, cut through the seed, with the DMN outline if given."""
+    from nilearn import plotting
+
+    fig = plt.figure(figsize=(8, 3))
+    display = plotting.plot_stat_map(seed_z_img, bg_img=_bg(bg_img), threshold=abs(float(threshold)),
+                                     cut_coords=tuple(seed), display_mode="ortho", figure=fig, title=title,
+                                     draw_cross=False, black_bg=False, cmap="RdBu_r")
+    display.add_markers([tuple(seed)], marker_color="lime", marker_size=40)
+    if dmn_mask_img is not None:
+        display.add_contours(dmn_mask_img, levels=[0.5], colors=["k"], linewidths=1.0)
+    return save_figure(fig, out_file)

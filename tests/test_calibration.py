@@ -1,0 +1,193 @@
+"""Calibration panel: numbers match an independent computation, the verdict follows the tolerance.
+
+Pure noise on a (20, 25, 40) grid (20,000 voxels) x 84 scans with the reference design.
+Run with ``-s`` to see the figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from nilearn.glm.first_level import FirstLevelModel, make_first_level_design_matrix
+from scipy import stats
+
+from analysis.calibration import (THRESHOLDS, Calibration, calibrate, choose_null_shifts, empirical_null)
+from analysis.figures.calibration import plot_calibration
+from analysis.noise import DEFAULT_NOISE_MODEL, fit_first_level
+from analysis.text import render
+
+T_R = 7.0
+N_SCANS = 84
+SHAPE = (20, 25, 40)
+ONSETS = [42, 126, 210, 294, 378, 462, 546]
+
+
+def _reference_design() -> pd.DataFrame:
+    events = pd.DataFrame({"onset": ONSETS, "duration": 42.0, "trial_type": "listening"})
+    return make_first_level_design_matrix(np.arange(N_SCANS) * T_R, events, hrf_model="spm",
+                                          drift_model="cosine", high_pass=0.01)
+
+
+def _noise_img(rho: float, seed: int = 0, shape=SHAPE) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """Pure AR(1) noise around a baseline of 100 on 3 mm voxels, plus an all-ones mask."""
+    rng = np.random.default_rng(seed)
+    e = rng.standard_normal((N_SCANS, *shape))
+    y = np.empty_like(e)
+    y[0] = e[0] / np.sqrt(1 - rho**2)
+    for t in range(1, N_SCANS):
+        y[t] = rho * y[t - 1] + e[t]
+    data = np.moveaxis(100 + rng.uniform(1, 5, shape) * y, 0, -1).astype(np.float32)
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    return nib.Nifti1Image(data, affine), nib.Nifti1Image(np.ones(shape, np.uint8), affine)
+
+
+def _print(cal: Calibration) -> None:
+    print(f"\n{cal.noise_model:10s} z SD {cal.z_sd:.3f}  empirical null {cal.null_mean:+.3f} / {cal.null_sd:.3f}  "
+          f"null designs SD {cal.null_design_sd:.3f} (empirical {cal.null_design_null_sd:.3f})  "
+          f"trustworthy {cal.trustworthy}")
+    for row in cal.rows:
+        print(f"   |z|>{row['threshold']:.2f}: nominal {row['nominal']:.4f}  observed {row['observed']:.4f}  "
+              f"null designs {row['null']:.4f}")
+
+
+@pytest.fixture(scope="module")
+def design():
+    return _reference_design()
+
+
+@pytest.fixture(scope="module")
+def ar_noise():
+    return _noise_img(0.25, seed=11)
+
+
+@pytest.fixture(scope="module")
+def default_cal(ar_noise, design):
+    bold_img, mask_img = ar_noise
+    return calibrate(bold_img, design, mask_img, contrast="listening", t_r=T_R, n_null=6)
+
+
+@pytest.fixture(scope="module")
+def reference_cal(ar_noise, design):
+    bold_img, mask_img = ar_noise
+    return calibrate(bold_img, design, mask_img, contrast="listening", t_r=T_R, noise_model="ar1", n_null=4)
+
+
+def test_default_model_is_trustworthy_on_ar1_noise(default_cal):
+    _print(default_cal)
+    cal = default_cal
+    assert cal.noise_model == DEFAULT_NOISE_MODEL
+    assert cal.trustworthy and cal.direction == "calibrated"
+    assert abs(cal.z_sd - 1) <= 0.05 and abs(cal.null_sd - 1) <= 0.05
+    assert cal.observed_share[-1] <= 2 * cal.nominal_share[-1]
+    assert cal.null_design_pooled_share[-1] <= 2 * cal.nominal_share[-1]
+    assert len(cal.null_shifts) == 6 and all(abs(r) <= 0.2 for r in cal.null_shift_corr)
+
+
+def test_reference_model_is_flagged_as_untrustworthy(reference_cal):
+    _print(reference_cal)
+    assert not reference_cal.trustworthy
+    assert reference_cal.direction == "liberal"
+    assert reference_cal.null_sd > 1.1
+    text = render("calibration.md.j2", cal=reference_cal)
+    assert "not to be trusted" in text and "too small" in text
+
+
+def test_panel_numbers_match_an_independent_computation(ar_noise, design, default_cal):
+    """Recompute SD, mean and shares with numpy from the z map of nilearn's public compute_contrast."""
+    bold_img, mask_img = ar_noise
+    model = fit_first_level(bold_img, design, mask_img, t_r=T_R)
+    z = model.compute_contrast("listening", output_type="z_score").get_fdata()[mask_img.get_fdata() > 0]
+    cal = default_cal
+    assert cal.n_voxels == z.size == 20_000
+    assert cal.z_sd == pytest.approx(np.std(z), abs=1e-9)
+    assert cal.z_mean == pytest.approx(np.mean(z), abs=1e-9)
+    for t, share, nominal in zip(cal.thresholds, cal.observed_share, cal.nominal_share, strict=True):
+        assert share == pytest.approx(np.count_nonzero(np.abs(z) > t) / z.size)
+        assert nominal == pytest.approx(2 * stats.norm.sf(t))
+    assert cal.mad_sd == pytest.approx(1.4826 * np.median(np.abs(z - np.median(z))))
+    assert cal.null_sd == pytest.approx(cal.mad_sd, abs=0.03)  # two estimates of the same spread
+    # QQ quantiles are quantiles of z at the normal probabilities of the theoretical axis
+    probs = stats.norm.cdf(cal.qq_theoretical)
+    np.testing.assert_allclose(cal.qq_observed, np.quantile(z, probs))
+    # histogram integrates to the share of z inside its range
+    inside = np.mean((z >= cal.hist_edges[0]) & (z <= cal.hist_edges[-1]))
+    assert np.sum(np.asarray(cal.hist_observed) * np.diff(cal.hist_edges)) == pytest.approx(inside)
+
+
+@pytest.mark.filterwarnings("ignore:.*Generation of a mask")
+def test_null_designs_match_an_independent_nilearn_fit(design):
+    """With OLS the null-design z of the panel equal nilearn's own fit of the shifted design."""
+    bold_img, mask_img = _noise_img(0.0, seed=12, shape=(10, 12, 14))
+    cal = calibrate(bold_img, design, mask_img, contrast="listening", t_r=T_R, noise_model="ols", n_null=3)
+    assert len(cal.null_shifts) == 3
+    for shift, shares in zip(cal.null_shifts, cal.null_design_share, strict=True):
+        shifted = design.copy()
+        shifted["listening"] = np.roll(design["listening"].to_numpy(), shift)
+        model = FirstLevelModel(noise_model="ols", mask_img=mask_img).fit(bold_img, design_matrices=[shifted])
+        z = model.compute_contrast("listening").get_fdata()[mask_img.get_fdata() > 0]
+        assert shares == pytest.approx(tuple(np.mean(np.abs(z) > t) for t in THRESHOLDS))
+    assert cal.null_design_pooled_share == pytest.approx(
+        tuple(np.mean(np.asarray(cal.null_design_share)[:, i]) for i in range(len(THRESHOLDS))))
+
+
+def test_null_shifts_avoid_the_task_period(design):
+    c = np.zeros(design.shape[1])
+    c[list(design.columns).index("listening")] = 1
+    shifts, corrs = choose_null_shifts(design, c, 8)
+    print(f"\nnull shifts (scans) {shifts}, correlations {np.round(corrs, 3)}")
+    assert len(shifts) == 8 and len(set(shifts)) == 8
+    assert all(abs(r) <= 0.2 for r in corrs)
+    assert all(k % 12 not in (0, 6) for k in shifts)  # 12 scans = one on/off cycle; 6 = anti-phase
+
+
+def test_empirical_null_ignores_the_tails():
+    rng = np.random.default_rng(13)
+    z = np.r_[rng.normal(0.0, 1.2, 47_000), rng.normal(5.0, 1.0, 3_000)]  # 6 % true effects
+    mean, sd = empirical_null(z)
+    print(f"\nempirical null of N(0, 1.2) + 6 % effects: mean {mean:+.3f}, SD {sd:.3f} (plain SD {z.std():.3f})")
+    assert abs(mean) < 0.1 and abs(sd - 1.2) < 0.05
+
+
+@pytest.mark.parametrize("null_sd, expected", [(1.0, True), (1.09, True), (1.12, False), (0.85, False)])
+def test_tolerance_sets_the_verdict(default_cal, null_sd, expected):
+    """The verdict is the tolerance rule applied to the stored numbers."""
+    cal = dataclasses.replace(default_cal, null_sd=null_sd, null_mean=0.0)
+    assert cal.null_sd_ok is expected
+    text = render("calibration.md.j2", cal=dataclasses.replace(cal, trustworthy=cal.null_sd_ok and cal.null_design_ok))
+    assert ("not to be trusted" in text) is (not expected)
+
+
+def test_calibration_round_trips_through_json(default_cal):
+    data = json.loads(json.dumps(default_cal.to_dict()))
+    assert isinstance(data["qq_observed"], list)
+    assert Calibration.from_dict(data) == default_cal
+
+
+def test_text_cites_and_reports_the_panel(default_cal, reference_cal):
+    text = render("calibration.md.j2", cal=default_cal, reference=reference_cal)
+    print("\n" + text)
+    for key in ("@worsley2002", "@efron2004", "@eklund2012"):
+        assert key in text
+    assert "not to be trusted" not in text.split("For comparison")[0]
+    assert "20,000 voxels" in text
+    assert f"{default_cal.null_sd:.2f}" in text
+
+
+def test_figure_is_written_and_deterministic(default_cal, tmp_path):
+    first = plot_calibration(default_cal, tmp_path / "a.png")
+    second = plot_calibration(default_cal, tmp_path / "b.png")
+    assert first.exists() and first.stat().st_size > 10_000
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_figure_without_null_designs(ar_noise, design, tmp_path):
+    bold_img, mask_img = ar_noise
+    cal = calibrate(bold_img, design, mask_img, contrast="listening", t_r=T_R, noise_model="ar1_pooled", n_null=0)
+    assert cal.null_shifts == () and cal.null_design_ok
+    assert plot_calibration(cal, tmp_path / "c.png").exists()
+    assert "null designs" not in render("calibration.md.j2", cal=cal)
