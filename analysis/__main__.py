@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from .config import ConfigError, load_config
 
@@ -20,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", choices=["spm_auditory", "simulated"], help="override data.dataset")
     parser.add_argument("--force", action="store_true", help="recompute even if cached results are valid")
     parser.add_argument("--prerender", action="store_true",
-                        help="Quarto pre-render hook: run (cached) and write _variables.yml")
+                        help="Quarto pre-render hook: run (cached) and write _report-metadata.yml")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress messages")
     args = parser.parse_args(argv)
 
@@ -34,10 +33,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.dataset:
             config = config.replace(data={"dataset": args.dataset})
         results = run(config, force=args.force)
-        if args.prerender:
-            from .report import write_quarto_variables
+        if args.prerender:  # Quarto pre-render: title page (from [report]) that says which data were used
+            from .metadata import from_toml, write_quarto_metadata
+            from .report import subtitle
 
-            write_quarto_variables(results, Path("_variables.yml"))
+            write_quarto_metadata(from_toml(args.config), simulated=results.dataset.is_simulated,
+                                  subtitle=subtitle(results))
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["ConfigError", "DataConfig", "GLMConfig", "InferenceConfig", "OutputConfig",
-           "SimulationConfig", "Config", "load_config", "DEFAULT_CONFIG_PATH"]
+           "SimulationConfig", "CalibrationConfig", "DMNConfig", "Config", "load_config", "DEFAULT_CONFIG_PATH"]
 
 DEFAULT_CONFIG_PATH = Path("analysis.toml")
 
@@ -25,7 +25,6 @@ DATASETS = ("spm_auditory", "simulated")
 HRF_MODELS = ("spm", "spm + derivative", "spm + derivative + dispersion", "glover",
               "glover + derivative", "glover + derivative + dispersion")
 DRIFT_MODELS = ("cosine", "polynomial", "none")
-NOISE_MODEL_NAMES = ("ar1", "ols")
 PRIMARY_THRESHOLDS = ("z3", "fpr", "fdr", "fdr_cluster", "bonferroni")
 
 
@@ -53,7 +52,7 @@ class SimulationConfig:
     auditory_psc: float = 2.0
     dmn_psc: float = -0.8
     rho: float = 0.3
-    tsnr_gm: float = 70.0
+    tsnr_gm: float = 80.0
 
     def __post_init__(self):
         _range("simulation.auditory_psc", self.auditory_psc, -20, 20)
@@ -68,7 +67,8 @@ class GLMConfig:
 
     t_r: float = 7.0
     hrf_model: str = "spm"
-    noise_model: str = "ar1"
+    noise_model: str = "ar1_bc"  # calibrated AR(1); "ar1" is nilearn's reference (z inflated on short runs)
+    rho_fwhm: float = 15.0  # mm, spatial smoothing of the AR(1) coefficient for "ar1_bc"
     drift_model: str = "cosine"
     high_pass: float = 0.01
     smoothing_fwhm: float = 0.0  # 0 -> no smoothing
@@ -84,7 +84,10 @@ class GLMConfig:
         _range("glm.smoothing_fwhm", self.smoothing_fwhm, 0, 30)
         _choice("glm.signal_scaling", self.signal_scaling, (0, 1, False))
         _range("glm.n_jobs", self.n_jobs, -1, 64)
-        _choice("glm.noise_model", self.noise_model, NOISE_MODEL_NAMES)
+        from .noise import NOISE_MODELS
+
+        _choice("glm.noise_model", self.noise_model, tuple(NOISE_MODELS))
+        _range("glm.rho_fwhm", self.rho_fwhm, 0, 50)
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,40 @@ class InferenceConfig:
 
 
 @dataclass(frozen=True)
+class CalibrationConfig:
+    """The check that null z values are standard normal (empirical null and null designs)."""
+
+    enabled: bool = True
+    n_null: int = 6  # null designs: the task regressor shifted circularly in time
+    tolerance: float = 0.1  # empirical-null SD must lie in 1 +- tolerance (mean in 0 +- tolerance)
+    reference_model: str = "ar1"  # also calibrate this noise model for comparison ("" = skip)
+    reference_n_null: int = 2
+
+    def __post_init__(self):
+        _range("calibration.n_null", self.n_null, 0, 50)
+        _range("calibration.tolerance", self.tolerance, 0.001, 1)
+        _range("calibration.reference_n_null", self.reference_n_null, 0, 50)
+        if self.reference_model:
+            from .noise import NOISE_MODELS
+
+            _choice("calibration.reference_model", self.reference_model, tuple(NOISE_MODELS))
+
+
+@dataclass(frozen=True)
+class DMNConfig:
+    """The Default Mode Network analysis (Yeo 2011 network, Seitzman 2018 nodes, Schaefer 2018 parcels)."""
+
+    enabled: bool = True
+    node_radius: float = 6.0  # mm, spheres around the Seitzman DefaultMode / Auditory coordinates
+    seed_radius: float = 8.0  # mm, posterior-cingulate seed for the seed-based map
+    seed_map: bool = True
+
+    def __post_init__(self):
+        _range("dmn.node_radius", self.node_radius, 1, 20)
+        _range("dmn.seed_radius", self.seed_radius, 1, 20)
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """Where generated files go (relative paths are relative to the project folder)."""
 
@@ -125,6 +162,8 @@ class Config:
     glm: GLMConfig = field(default_factory=GLMConfig)
     contrasts: dict[str, str] = field(default_factory=lambda: {"listening": "listening"})
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    dmn: DMNConfig = field(default_factory=DMNConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     source: str = ""  # the file this came from, for error messages
 
@@ -211,6 +250,8 @@ def _build(cls, data, source, prefix):
     known = {f.name: f for f in fields(cls) if f.name != "source"}
     kwargs = {}
     for key, value in data.items():
+        if cls is Config and key == "report":  # title page metadata: read by analysis.metadata, not a cache input
+            continue
         if key not in known:
             close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
             hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {', '.join(known)}"
@@ -264,4 +305,5 @@ def _range(key, value, low, high, open_low=False):
 
 
 _SECTIONS = {"data": DataConfig, "simulation": SimulationConfig, "glm": GLMConfig,
-             "inference": InferenceConfig, "output": OutputConfig}
+             "inference": InferenceConfig, "calibration": CalibrationConfig,
+             "dmn": DMNConfig, "output": OutputConfig}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from nilearn.glm.first_level import FirstLevelModel, make_first_level_design_matrix
+from nilearn.glm.first_level import FirstLevelModel, make_first_level_design_matrix  # noqa: F401
 
 from .config import Config, GLMConfig
 
@@ -118,15 +118,11 @@ def fit(bold_img, design: pd.DataFrame, config: Config, mask_img=None) -> FirstL
                   smoothing_fwhm=glm.smoothing_fwhm or None, standardize=glm.standardize,
                   signal_scaling=glm.signal_scaling, n_jobs=glm.n_jobs, mask_img=mask_img,
                   minimize_memory=False)
-    try:
-        from . import noise
-    except ImportError:  # calibrated models not available yet
-        noise = None
-    if noise is not None and hasattr(noise, "fit_first_level"):
-        return noise.fit_first_level(bold_img, design, mask_img, noise_model=glm.noise_model, **{
-            k: v for k, v in kwargs.items() if k != "mask_img"})
-    model = FirstLevelModel(noise_model=glm.noise_model, **kwargs)
-    return model.fit(bold_img, design_matrices=[design])
+    from .noise import fit_first_level
+
+    kwargs.pop("mask_img")
+    return fit_first_level(bold_img, design, mask_img, noise_model=glm.noise_model, rho_fwhm=glm.rho_fwhm or None,
+                           **kwargs)
 
 
 def compute_contrasts(model: FirstLevelModel, design: pd.DataFrame, contrasts: dict[str, str],

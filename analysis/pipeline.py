@@ -217,6 +217,7 @@ def _compute(config: Config, stage: Path, out: Path) -> Results:
 
     figures: dict[str, str] = {}
     bg_img = _background(run, bold)
+    extras: dict = {}
 
     def fig(role: str, filename: str) -> Path:
         figures[role] = f"figures/{filename}"
@@ -225,12 +226,26 @@ def _compute(config: Config, stage: Path, out: Path) -> Results:
     from .figures import maps as fmaps
 
     _step("thresholding and cluster tables")
+    atlases = None
+    if run.space.startswith("MNI"):
+        from .atlas import label_caption, load_label_atlases, unavailable_atlases
+
+        atlases = load_label_atlases(data.nilearn_data_dir(config))
+        extras["atlas"] = {"caption": label_caption(atlases, run.space),
+                           "unavailable": unavailable_atlases(atlases), "space": run.space}
+    else:
+        extras["atlas"] = {"caption": "", "unavailable": {}, "space": run.space}
     contrast_results = {}
     for name, m in maps.items():
         ent = glm.entity(name)
         thr = inference.threshold_all(m.z_img, mask_img, config.inference)
         primary_img, primary = thr[config.inference.primary]
         clusters, label_img = inference.cluster_table(m.z_img, primary, config.inference.min_distance)
+        if not clusters.empty:
+            from .atlas import label_cluster_table
+
+            clusters = label_cluster_table(clusters, label_img, atlases, space=run.space)
+            clusters.attrs = {}
         files = {}
 
         def save(role, img, filename, sidecar):
@@ -240,16 +255,17 @@ def _compute(config: Config, stage: Path, out: Path) -> Results:
                 json.dumps({"Contrast": name, "ContrastExpression": m.expression, "Space": run.space,
                             **sidecar}, indent=1, sort_keys=True))
 
-        save("z", m.z_img, f"contrast-{ent}_stat-z_statmap.nii.gz", {"Statistic": "z", "Thresholded": False})
+        save("z", m.z_img, f"contrast-{ent}_stat-z_statmap.nii.gz", {"Statistic": "z", "Thresholded": False, "Threshold": None})
         save("effect", m.effect_img, f"contrast-{ent}_stat-effect_statmap.nii.gz",
              {"Statistic": "effect size", "Units": "% signal change" if config.glm.signal_scaling == 0
-              else "BOLD units", "Thresholded": False})
+              else "BOLD units", "Thresholded": False, "Threshold": None})
         save("z_thresholded", primary_img, f"contrast-{ent}_stat-z_desc-thresholded_statmap.nii.gz",
              {"Statistic": "z", "Thresholded": True, "Threshold": primary.label,
               "ZThreshold": primary.z_threshold if np.isfinite(primary.z_threshold) else None})
         if label_img is not None:
             save("clusters_img", label_img, f"contrast-{ent}_desc-clusters_dseg.nii.gz",
-                 {"Description": "cluster number as in the cluster table", "Threshold": primary.label})
+                 {"Description": "cluster number as in the cluster table", "Statistic": "z", "Thresholded": True,
+                  "Threshold": primary.label})
         files["clusters"] = f"tables/contrast-{ent}_clusters.tsv"
         clusters.to_csv(stage / files["clusters"], sep="\t", index=False, float_format="%.6g")
 
@@ -275,6 +291,12 @@ def _compute(config: Config, stage: Path, out: Path) -> Results:
             {k: img for k, (img, _) in thr.items()}, {k: r.label for k, (_, r) in thr.items()},
             {k: f"{r.n_pos} + / {r.n_neg} \u2212 voxels" for k, (_, r) in thr.items()},
             fig(f"{name}.thresholds", f"contrast-{ent}_desc-thresholds_statmap.png"))
+
+    if config.calibration.enabled:
+        extras["calibration"] = _calibrate(config, bold, design, mask.mask_img, model, fig)
+    if config.dmn.enabled:
+        first = next(iter(contrast_results.values()))
+        extras["dmn"] = _dmn(config, run, bold, design, maps[first.name], first, mask.mask_img, stage, fig, bg_img)
 
     _step("design and data figures")
     fmaps.plot_design(design, fig("design", "desc-design_matrix.png"))
@@ -306,10 +328,72 @@ def _compute(config: Config, stage: Path, out: Path) -> Results:
         mask_source=mask.source, n_excluded_nonfinite=mask.n_nonfinite, n_excluded_constant=mask.n_constant,
         contrast_matrix=cmat)
     results = Results(cache_key=key, config=config, dataset=dataset, model=model_info, contrasts=contrast_results,
-                      figures=figures, versions=_versions(), extras={}, output_dir=str(out))
+                      figures=figures, versions=_versions(), extras=extras, output_dir=str(out))
     (stage / RESULTS_FILE).write_text(results.to_json(), encoding="utf-8")
     log.info("analysis finished in %.1f s", time.perf_counter() - t0)
     return results
+
+
+def _calibrate(config: Config, bold, design, mask_img, model, fig) -> dict:
+    """Calibration of the main contrast's z map (and of the reference noise model, for comparison)."""
+    from .calibration import calibrate
+    from .figures.calibration import plot_calibration
+
+    name, expr = next(iter(config.contrasts.items()))
+    cal_cfg = config.calibration
+    _step(f"calibration of the {config.glm.noise_model} z map ({cal_cfg.n_null} null designs)")
+    main = calibrate(bold, design, mask_img, contrast=expr, t_r=config.glm.t_r, n_null=cal_cfg.n_null,
+                     tolerance=cal_cfg.tolerance, model=model)
+    plot_calibration(main, fig("calibration", "desc-calibration_zdist.png"))
+    out = {"main": main.to_dict(), "reference": None, "contrast": name}
+    if cal_cfg.reference_model and cal_cfg.reference_model != config.glm.noise_model:
+        _step(f"calibration of the reference {cal_cfg.reference_model} model")
+        ref_cfg = config.replace(glm={"noise_model": cal_cfg.reference_model})
+        ref_model = glm.fit(bold, design, ref_cfg, mask_img=mask_img)
+        ref = calibrate(bold, design, mask_img, contrast=expr, t_r=config.glm.t_r, n_null=cal_cfg.reference_n_null,
+                        tolerance=cal_cfg.tolerance, model=ref_model)
+        plot_calibration(ref, fig("calibration_reference", "desc-calibrationreference_zdist.png"))
+        out["reference"] = ref.to_dict()
+    return out
+
+
+def _dmn(config: Config, run, bold, design, maps, contrast: ContrastResult, mask_img, stage: Path, fig,
+         bg_img) -> dict:
+    """The Default Mode Network analysis of the main contrast, its images and figures."""
+    from .dmn import analyse_dmn
+    from .figures import dmn as fdmn
+
+    thr = contrast.primary if np.isfinite(contrast.primary.z_threshold) else contrast.threshold("fpr")
+    _step(f"Default Mode Network analysis ({config.glm.noise_model} noise model)")
+    result, images = analyse_dmn(
+        bold, design, maps.z_img, thr.z_threshold, mask_img, contrast=maps.expression,
+        noise_model=config.glm.noise_model, alpha=config.inference.alpha,
+        data_dir=data.nilearn_data_dir(config), space=run.space, t_r=config.glm.t_r,
+        node_radius=config.dmn.node_radius, seed_radius=config.dmn.seed_radius,
+        compute_seed=config.dmn.seed_map, return_images=True)
+    out = {"result": result.to_dict(), "threshold_key": thr.key, "threshold_label": thr.label,
+           "z_threshold": thr.z_threshold}
+    if not result.applicable:
+        return out
+    ent = contrast.entity
+    if images.get("dmn_mask") is not None:
+        nib.save(images["dmn_mask"], stage / "derivatives" / "desc-dmn_mask.nii.gz")
+        fdmn.plot_dmn_map(images["dmn_mask"], fig("dmn.map", "desc-dmn_map.png"),
+                          schaefer_mask_img=images.get("schaefer_mask"))
+        fdmn.plot_z_with_dmn_contours(maps.z_img, images["dmn_mask"],
+                                      fig("dmn.contours", f"contrast-{ent}_desc-dmncontours_statmap.png"),
+                                      threshold=thr.z_threshold, bg_img=bg_img)
+    if result.nodes_table is not None and not result.nodes_table.empty:
+        fdmn.plot_dmn_nodes(result.nodes_table, fig("dmn.nodes", "desc-dmnnodes_glass.png"),
+                            control=result.control_table)
+        fdmn.plot_roi_effects(result.nodes_table, fig("dmn.effects", f"contrast-{ent}_desc-dmnnodes_effects.png"),
+                              control_table=result.control_table, network=result.network,
+                              control_network=result.control_network, alpha=config.inference.alpha)
+    if images.get("seed_z") is not None:
+        nib.save(images["seed_z"], stage / "derivatives" / "desc-pccseed_stat-z_statmap.nii.gz")
+        fdmn.plot_seed_map(images["seed_z"], fig("dmn.seed", "desc-pccseed_stat-z_statmap.png"),
+                           threshold=thr.z_threshold, dmn_mask_img=images.get("dmn_mask"), bg_img=bg_img)
+    return out
 
 
 def _check_t_r(run: data.Run, config: Config) -> float:

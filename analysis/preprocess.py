@@ -66,6 +66,7 @@ __all__ = [
     "framewise_displacement",
     "motion_summary",
     "motion_confounds",
+    "to_mni",
     "rigid_matrix",
     "rigid_parameters",
     "ants_version",
@@ -97,15 +98,23 @@ class PreprocessParams:
     realign_iterations, realign_shrink_factors, realign_smoothing_sigmas : tuple
         Multi-resolution schedule of each per-volume rigid registration
         (iterations per level, downsampling factors, Gaussian sigmas in voxels).
+        The default, one level at half resolution after 1-voxel smoothing, is
+        close to SPM's default (4 mm sampling after 5 mm FWHM smoothing) and
+        keeps the 84-volume run within seconds per pass; ``(30, 10)``,
+        ``(2, 1)``, ``(1, 0)`` adds a full-resolution level (about 3x slower).
+    realign_sampling : float
+        Fraction of voxels (regular grid, random jitter) sampled by the
+        mean-squares metric of each realignment registration.
     coregistration_iterations : tuple
-        Iterations per level (shrink 4, 2, 1) of the rigid mean-functional to
+        Iterations per level (1 to 3 levels, shrink factors 4, 2, 1 and
+        smoothing sigmas 2, 1, 0 voxels) of the rigid mean-functional to
         anatomical registration (Mattes mutual information).
     normalisation : {"Affine", "SyN", "Rigid"}
         Anatomical to MNI152 transform. ``"SyN"`` adds a symmetric
         diffeomorphic warp (ANTs ``SyNRA`` with ``syn_iterations``) to the affine.
     normalisation_iterations : tuple
-        Iterations per level (shrink 4, 2, 1) of each linear stage of the
-        normalisation.
+        Iterations per level (1 to 3 levels, as above) of the linear stage of
+        the normalisation.
     syn_iterations : tuple
         Iterations per level of the SyN stage (coarse to fine).
     target_resolution : {1, 2, 3}
@@ -113,7 +122,9 @@ class PreprocessParams:
     normalisation_resolution : {1, 2, 3}
         Voxel size (mm) of the MNI152 template the anatomical image is registered to.
     n_threads : int
-        ITK threads (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``).
+        ITK threads (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``). ITK reads it when
+        ANTs first runs in the process, so the first call's value holds (or set
+        the variable before Python starts).
     fd_radius : float
         Head radius (mm) turning rotations into arc lengths for framewise
         displacement (50 mm, Power et al. 2012).
@@ -125,12 +136,13 @@ class PreprocessParams:
 
     smoothing_fwhm: float | None = 6.0
     realign_reference: str = "mean"
-    realign_iterations: tuple = (60, 20)
-    realign_shrink_factors: tuple = (2, 1)
-    realign_smoothing_sigmas: tuple = (1.0, 0.0)
-    coregistration_iterations: tuple = (200, 100, 50)
+    realign_iterations: tuple = (30,)
+    realign_shrink_factors: tuple = (2,)
+    realign_smoothing_sigmas: tuple = (1.0,)
+    realign_sampling: float = 0.2
+    coregistration_iterations: tuple = (100, 50)
     normalisation: str = "Affine"
-    normalisation_iterations: tuple = (200, 100, 50)
+    normalisation_iterations: tuple = (100, 50, 10)
     syn_iterations: tuple = (40, 20, 0)
     target_resolution: int = 3
     normalisation_resolution: int = 2
@@ -155,14 +167,16 @@ class PreprocessParams:
                 == len(self.realign_smoothing_sigmas)):
             raise ValueError("realign_iterations, realign_shrink_factors and "
                              "realign_smoothing_sigmas must have the same length")
-        if len(self.coregistration_iterations) != 3 or len(self.normalisation_iterations) != 3:
-            raise ValueError("coregistration_iterations and normalisation_iterations need "
-                             "3 levels (shrink factors 4, 2, 1)")
+        for name in ("coregistration_iterations", "normalisation_iterations"):
+            if not 1 <= len(getattr(self, name)) <= 3:
+                raise ValueError(f"{name} needs 1 to 3 levels (shrink factors 4, 2, 1)")
         for name in ("target_resolution", "normalisation_resolution"):
             if getattr(self, name) not in (1, 2, 3):
                 raise ValueError(f"{name} must be 1, 2 or 3 mm, got {getattr(self, name)!r}")
         if int(self.n_threads) != self.n_threads or self.n_threads < 1:
             raise ValueError(f"n_threads must be a positive integer, got {self.n_threads!r}")
+        if not 0 < self.realign_sampling <= 1:
+            raise ValueError(f"realign_sampling must be in (0, 1], got {self.realign_sampling!r}")
         if not self.fd_radius > 0 or not self.fd_threshold > 0:
             raise ValueError("fd_radius and fd_threshold must be > 0")
 
@@ -282,28 +296,44 @@ class Preprocessed:
         """Motion confounds for the GLM (see :func:`motion_confounds`)."""
         return motion_confounds(self.motion, derivatives=derivatives)
 
-    def context(self) -> dict:
-        """Plain dict for ``preprocessing.md.j2`` (values unformatted; the template formats)."""
+    def context(self, motion_regressors: int = 0) -> dict:
+        """Plain dict for ``preprocessing.md.j2`` (numbers unformatted; the template formats).
+
+        Parameters
+        ----------
+        motion_regressors : int
+            Motion columns the GLM used as confounds (0 = none, 6, or 12 with
+            derivatives); only the prose mentions it.
+        """
         p = self.params
         return {
             "n_volumes": int(self.bold_img.shape[3]),
-            "native_shape": tuple(int(v) for v in self.realigned_img.shape[:3]),
-            "native_voxel_mm": tuple(float(v) for v in self.realigned_img.header.get_zooms()[:3]),
-            "anat_voxel_mm": tuple(float(v) for v in self.anat_img.header.get_zooms()[:3]),
+            "native_grid_label": _grid_label(self.realigned_img),
+            "anat_grid_label": _grid_label(self.anat_img),
             "realign_reference": p.realign_reference,
             "realign_levels": len(p.realign_iterations),
-            "realign_iterations": p.realign_iterations,
+            "realign_iterations": [str(i) for i in p.realign_iterations],
             "normalisation": p.normalisation,
-            "syn_iterations": p.syn_iterations,
+            "normalisation_resolution": p.normalisation_resolution,
+            "syn_iterations": [str(i) for i in p.syn_iterations],
             "target_resolution": p.target_resolution,
-            "smoothing_fwhm": p.smoothing_fwhm or 0.0,
+            "smoothing_fwhm": float(p.smoothing_fwhm or 0.0),
             "fd_radius": p.fd_radius,
-            "fd_threshold": p.fd_threshold,
+            "motion_regressors": int(motion_regressors),
             "ants_version": self.software.get("antspyx", "unknown"),
             "nilearn_version": self.software.get("nilearn", "unknown"),
             "total_seconds": self.timings.get("total", float("nan")),
             **self.qc,
         }
+
+
+def _grid_label(img) -> str:
+    """``"64 × 64 × 40 voxels of 3 mm"`` (or ``3 × 3 × 3.5 mm`` when anisotropic)."""
+    shape = " \u00d7 ".join(str(int(n)) for n in img.shape[:3])
+    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    size = f"{zooms[0]:g} mm" if np.allclose(zooms, zooms[0]) else \
+        " \u00d7 ".join(f"{z:g}" for z in zooms) + " mm"
+    return f"{shape} voxels of {size}"
 
 
 # --------------------------------------------------------------------------- motion maths
@@ -473,7 +503,10 @@ def ants_version() -> str:
         return "not installed"
 
 
-def _ants():
+def _ants(n_threads: int | None = None):
+    # ITK reads the thread count once, when ANTs first runs: set it before the import.
+    if n_threads is not None:
+        os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(int(n_threads)))
     try:
         import ants
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -484,7 +517,7 @@ def _ants():
 @contextmanager
 def _ants_session(params: PreprocessParams):
     """Thread count, random seed and a scratch folder for ANTs's transform files."""
-    ants = _ants()
+    ants = _ants(params.n_threads)
     key = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
     old_threads = os.environ.get(key)
     old_seed = ants.config._random_seed
@@ -572,7 +605,8 @@ def _register_rigid_volumes(volumes, fixed, params, scratch, tag):
         reg = ants.registration(
             fixed_ants, moving, type_of_transform="Rigid",
             initial_transform="Identity",
-            aff_metric="meansquares", aff_sampling=32, aff_random_sampling_rate=1.0,
+            aff_metric="meansquares", aff_sampling=32,
+            aff_random_sampling_rate=params.realign_sampling,
             aff_iterations=params.realign_iterations,
             aff_shrink_factors=params.realign_shrink_factors,
             aff_smoothing_sigmas=params.realign_smoothing_sigmas,
@@ -635,15 +669,16 @@ def realign(bold_img, params: PreprocessParams | None = None):
 
 
 def _registration(fixed_img, moving_img, kind, params, scratch, tag, mask_img=None,
-                  iterations=(200, 100, 50)):
+                  iterations=(100, 50), sampling=0.5):
     ants = _ants()
     start = time.perf_counter()
     fixed = _normalize_intensity(_to_ants(fixed_img))
     moving = _normalize_intensity(_to_ants(moving_img))
     mask = _to_ants(mask_img) if mask_img is not None else None
+    levels = len(iterations)
     common = dict(initial_transform=None, aff_metric="mattes", aff_sampling=32,
-                  aff_random_sampling_rate=0.5, aff_iterations=tuple(iterations),
-                  aff_shrink_factors=(4, 2, 1), aff_smoothing_sigmas=(2, 1, 0),
+                  aff_random_sampling_rate=sampling, aff_iterations=tuple(iterations),
+                  aff_shrink_factors=(4, 2, 1)[:levels], aff_smoothing_sigmas=(2, 1, 0)[:levels],
                   outprefix=str(scratch / tag), mask=mask)
     if kind == "SyN":
         # Affine first (own schedule), then SyN only, initialised by it.
@@ -729,7 +764,7 @@ def normalise(anat_img, template_img, params: PreprocessParams | None = None,
     with _ants_session(params) as scratch:
         return _registration(template_img, anat_img, params.normalisation, params, scratch,
                              "norm_", mask_img=mask_img,
-                             iterations=params.normalisation_iterations)
+                             iterations=params.normalisation_iterations, sampling=0.25)
 
 
 def _template(resolution: int):
@@ -793,7 +828,7 @@ def preprocess(bold_img, anat_img, params: PreprocessParams | None = None) -> Pr
         raise ValueError(f"bold_img must be 4D, got shape {bold_img.shape}")
     if anat_img.ndim != 3:
         raise ValueError(f"anat_img must be 3D, got shape {anat_img.shape}")
-    ants = _ants()
+    ants = _ants(params.n_threads)
     timings = {}
     start = t0 = time.perf_counter()
     with _ants_session(params) as scratch:
@@ -812,7 +847,7 @@ def preprocess(bold_img, anat_img, params: PreprocessParams | None = None) -> Pr
         norm_template, norm_mask = _template(params.normalisation_resolution)
         norm = _registration(norm_template, anat_img, params.normalisation, params, scratch,
                              "norm_", mask_img=norm_mask,
-                             iterations=params.normalisation_iterations)
+                             iterations=params.normalisation_iterations, sampling=0.25)
         timings["normalise"] = time.perf_counter() - t0
 
         # One-shot resampling: MNI point -> anat (norm) -> mean func (coreg) -> volume k (motion).
@@ -862,3 +897,39 @@ def preprocess(bold_img, anat_img, params: PreprocessParams | None = None) -> Pr
         coregistration=coreg, normalisation=norm, qc=qc, timings=timings, params=params,
         software={"antspyx": ants_version(), "nilearn": nilearn_version},
     )
+
+
+def to_mni(img, preprocessed: Preprocessed, *, volume: int | None = None,
+           interpolation: str = "linear") -> nib.Nifti1Image:
+    """Resample a native functional-space 3D image into MNI space with the fitted transforms.
+
+    Parameters
+    ----------
+    img : Nifti1Image
+        3D image in the space of the realignment reference (``volume=None``) or
+        of one acquired volume (``volume=k``), e.g. a native mask or map.
+    preprocessed : Preprocessed
+        Output of :func:`preprocess`.
+    volume : int, optional
+        Index of the volume whose head position ``img`` is in.
+    interpolation : str
+        ANTs interpolator (``"linear"``, ``"nearestNeighbor"``, ...).
+
+    Returns
+    -------
+    Nifti1Image
+        On ``preprocessed.template_img``'s grid.
+    """
+    ants = _ants(preprocessed.params.n_threads)
+    norm, coreg = preprocessed.normalisation, preprocessed.coregistration
+    with _ants_session(preprocessed.params) as scratch:
+        files = _transform_files(norm.matrix, norm.warp_img, scratch, "norm_") + \
+            _transform_files(coreg.matrix, None, scratch, "coreg_")
+        if volume is not None:
+            motion = preprocessed.motion
+            matrix = rigid_matrix(motion.iloc[int(volume)][list(MOTION_COLUMNS)].to_numpy(),
+                                  motion.attrs["centre"])
+            files.append(_write_matrix(matrix, scratch / "motion.mat"))
+        out = ants.apply_transforms(_to_ants(preprocessed.template_img), _to_ants(img), files,
+                                    interpolator=interpolation)
+        return _from_ants(out)

@@ -5,13 +5,11 @@ Everything here reads a :class:`~analysis.results.Results` and returns strings; 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from . import text
 from .results import ContrastResult, Results
 
-__all__ = ["methods", "results_text", "fallback_callout", "write_quarto_variables", "title", "NOISE_TEXT",
-           "HRF_TEXT"]
+__all__ = ["methods", "results_text", "calibration", "calibration_text", "dmn", "dmn_text", "dmn_callout",
+           "fallback_callout", "label_caption", "subtitle", "HRF_TEXT"]
 
 HRF_TEXT = {
     "spm": "canonical SPM haemodynamic response function",
@@ -24,31 +22,41 @@ HRF_TEXT = {
                                         "derivatives",
 }
 
-NOISE_TEXT = {
-    "ols": "the noise was modelled as white (ordinary least squares), with no correction for serial correlation",
-    "ar1": "serial correlations were modelled with nilearn's voxel-wise AR(1) model (autocorrelation estimated "
-           "from the ordinary least squares residuals, binned, and the model refitted by prewhitening) "
-           "[@abraham2014]",
-}
+def _noise_text(res: Results) -> str:
+    from .noise import NOISE_MODELS
+
+    m = NOISE_MODELS[res.model.noise_model]
+    cites = f" [{'; '.join('@' + k for k in m.citations)}]" if m.citations else ""
+    extra = ""
+    if m.name == "ar1_bc" and res.config.glm.rho_fwhm:
+        extra = (f", the autocorrelation being smoothed with a {res.config.glm.rho_fwhm:g} mm FWHM Gaussian kernel "
+                 "before the correction")
+    return f"the temporal noise was modelled with {m.description}{cites}{extra}"
 
 
-def _noise_text(noise_model: str) -> str:
-    try:
-        from .noise import NOISE_MODELS
-    except ImportError:
-        NOISE_MODELS = {}
-    if noise_model in NOISE_TEXT:
-        return NOISE_TEXT[noise_model]
-    entry = NOISE_MODELS.get(noise_model)
-    return getattr(entry, "methods_text", None) or (entry.get("methods_text") if isinstance(entry, dict) else None) \
-        or f"serial correlations were modelled with the {noise_model} noise model"
+def calibration(res: Results):
+    """``(main, reference)`` Calibration objects (reference may be None); ``(None, None)`` if not computed."""
+    from .calibration import Calibration
+
+    cal = res.extras.get("calibration")
+    if not cal:
+        return None, None
+    ref = Calibration.from_dict(cal["reference"]) if cal.get("reference") else None
+    return Calibration.from_dict(cal["main"]), ref
+
+
+def calibration_text(res: Results) -> str:
+    main, ref = calibration(res)
+    if main is None:
+        return "The calibration check was switched off (`calibration.enabled = false`)."
+    return text.render("calibration.md.j2", cal=main, reference=ref)
 
 
 def methods(res: Results) -> str:
     """The methods paragraph (Markdown with @citations)."""
     c = res.contrast()
     return text.render("methods.md.j2", res=res, hrf=HRF_TEXT[res.model.hrf_model],
-                       noise={"text": _noise_text(res.model.noise_model)},
+                       noise={"text": _noise_text(res)},
                        threshold_labels=[t.label for t in c.thresholds], primary_label=c.primary.label)
 
 
@@ -76,11 +84,61 @@ def results_text(res: Results, name: str | None = None, n_peaks: int = 3) -> str
                        neg=_peaks(c, "-", n_peaks, mni), space_note=note)
 
 
-def title(res: Results) -> str:
-    base = "Listening vs rest: first-level fMRI report"
-    return base + (" \u2014 SIMULATED DATA" if res.dataset.is_simulated else "")
+def dmn(res: Results):
+    """``(DMNResult, info)`` from the results, or ``(None, None)`` when the DMN analysis was off."""
+    from .dmn import DMNResult
+
+    info = res.extras.get("dmn")
+    if not info:
+        return None, None
+    return DMNResult.from_dict(info["result"]), info
 
 
+def dmn_reason(res: Results) -> str:
+    d, _ = dmn(res)
+    if d is None:
+        return "the DMN analysis is switched off (`dmn.enabled = false`)"
+    return d.reason or ""
+
+
+def dmn_text(res: Results) -> str:
+    d, _ = dmn(res)
+    if d is None:
+        return "The Default Mode Network analysis was switched off in the configuration (`dmn.enabled = false`)."
+    return text.render("dmn.md.j2", dmn=d)
+
+
+def dmn_callout(res: Results) -> str:
+    """A callout listing atlases that could not be loaded (empty when all loaded)."""
+    d, _ = dmn(res)
+    missing = dict(res.extras.get("atlas", {}).get("unavailable", {}))
+    if d is not None:
+        missing.update(d.unavailable)
+    if not missing:
+        return ""
+    items = "\n".join(f"- **{name}**: {reason}" for name, reason in sorted(missing.items()))
+    return ("::: {.callout-note}\n## Atlases not available in this run\n\n"
+            "These atlases could not be fetched; their columns and rows are marked unavailable:\n\n"
+            f"{items}\n:::\n")
+
+
+def label_caption(res: Results) -> str:
+    """The sentence naming the label atlas (or why there are no labels) for cluster-table captions."""
+    atlas = res.extras.get("atlas", {})
+    if not res.dataset.space.startswith("MNI"):
+        return ("Coordinates are in native scanner space; MNI atlas labels would be wrong there and are not "
+                "given.")
+    return atlas.get("caption") or "No anatomical labels."
+
+
+def subtitle(res: Results) -> str:
+    """Book subtitle naming the data the report is built on."""
+    ds = res.dataset
+    if ds.fallback_reason:
+        return "Built on simulated data: the SPM auditory dataset could not be fetched"
+    if ds.is_simulated:
+        return "Built on simulated data (ground truth known), not a real scan"
+    return f"Dataset: {ds.dataset}"
 def fallback_callout(res: Results) -> str:
     """A Quarto callout saying plainly that the report is built on simulated data (empty otherwise)."""
     ds = res.dataset
@@ -95,15 +153,3 @@ def fallback_callout(res: Results) -> str:
             "nilearn (`NILEARN_DATA` or `data.data_dir`) and re-run; set `data.fallback_to_simulated = false` "
             "to make a missing dataset an error instead.\n:::\n")
 
-
-def write_quarto_variables(res: Results, path: Path) -> Path:
-    """Write ``_variables.yml`` for ``{{< var ... >}}`` shortcodes (title and dataset)."""
-    import json
-
-    lines = [f"report-title: {json.dumps(title(res))}",
-             f"dataset: {json.dumps(res.dataset.dataset + (' (simulated)' if res.dataset.is_simulated else ''))}",
-             f"subtitle: {json.dumps('Simulated data: not a real scan' if res.dataset.is_simulated else 'SPM auditory dataset')}"]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path

@@ -80,8 +80,12 @@ def clusters(c: ContrastResult, sign: str | None = None, max_rows: int | None = 
         "Size (voxels)": t["Cluster Size (voxels)"].map(_int_or_blank),
         "Size (mm\u00b3)": t["Cluster Size (mm3)"].map(_int_or_blank),
     })
-    for col in [c_ for c_ in t.columns if c_.startswith("Label")]:
-        out[col.replace("Label: ", "")] = t[col].fillna("")
+    if "Label" in t.columns:
+        out["Harvard-Oxford label"] = t["Label"].fillna("").astype(str)
+    if "Top Region" in t.columns:
+        out["Largest share of cluster"] = [
+            f"{r} ({text.fmt_pct(sh, 0)})" if isinstance(r, str) and r and sh == sh else ""
+            for r, sh in zip(t["Top Region"], pd.to_numeric(t["Top Region Share"], errors="coerce"))]
     if max_rows is not None:
         out = out.head(max_rows)
     return out.reset_index(drop=True)
@@ -102,3 +106,62 @@ def contrast_weights(res: Results) -> pd.DataFrame:
     out = cm[cols].map(lambda v: f"{v:g}").reset_index(names="Contrast")
     out.insert(1, "Expression", [res.contrasts[n].expression for n in out["Contrast"]])
     return out
+
+
+def calibration(main, reference=None) -> pd.DataFrame:
+    """Share of voxels beyond each |z| threshold: nominal, observed, null designs (and the reference model)."""
+    rows = []
+    for cal in [c for c in (main, reference) if c is not None]:
+        for r in cal.rows:
+            rows.append({"Noise model": cal.noise_model, "|z| >": text.fmt_z(r["threshold"]),
+                         "Nominal": text.fmt_pct(r["nominal"], 2), "Observed": text.fmt_pct(r["observed"], 2),
+                         "Null designs": "" if r["null"] != r["null"] else text.fmt_pct(r["null"], 2),
+                         "Null / nominal": "" if r["null"] != r["null"] else f"{r['null_ratio']:.1f}\u00d7"})
+        rows.append({"Noise model": cal.noise_model, "|z| >": "empirical-null SD",
+                     "Nominal": "1.00", "Observed": text.fmt_z(cal.null_sd),
+                     "Null designs": text.fmt_z(cal.null_design_null_sd) if cal.n_null else "",
+                     "Null / nominal": "trustworthy" if cal.trustworthy else "NOT trustworthy"})
+    return pd.DataFrame(rows)
+
+
+def dmn_networks(d) -> pd.DataFrame:
+    """Network-level tests: the DMN (Yeo), the Default parcels (Schaefer) and the auditory control."""
+    rows = []
+    for label, nt in (("DMN (Yeo 2011, network 7)", d.network), ("DMN (Schaefer 2018 Default parcels)",
+                                                                  d.network_schaefer),
+                      ("Auditory control (Seitzman 2018)", d.control_network)):
+        if nt is None:
+            continue
+        rows.append({"Network": label, "Voxels": f"{nt.n_voxels:,}",
+                     "Effect (% signal)": text.fmt_num(nt.effect, 3),
+                     "95 % CI": f"{text.fmt_num(nt.ci_low, 3)} to {text.fmt_num(nt.ci_high, 3)}",
+                     f"t({nt.dof:g})": text.fmt_z(nt.t), "p": text.fmt_p(nt.p).replace("p ", "")})
+    return pd.DataFrame(rows)
+
+
+def dmn_nodes(d, only_significant: bool = False) -> pd.DataFrame:
+    """DMN node table (Seitzman 2018 DefaultMode spheres), optionally only FDR-significant nodes."""
+    t = d.nodes_table
+    if t is None or t.empty:
+        return pd.DataFrame([{"Node": "\u2014", "Label": "no DMN nodes were analysed"}])
+    if only_significant:
+        t = t[t["q"] < d.alpha]
+        if t.empty:
+            return pd.DataFrame([{"Node": "\u2014", "Label": f"no node passed FDR q < {d.alpha:g}"}])
+    t = t.sort_values("p")
+    return pd.DataFrame({
+        "Node": t["ROI"], "Peak (x, y, z) mm": [text.fmt_mni(v).replace(" mm", "") for v in t[["X", "Y", "Z"]].to_numpy()],
+        "Label": t["Label"], "Effect (%)": t["Effect"].map(lambda v: text.fmt_num(v, 2)),
+        "95 % CI": [f"{text.fmt_num(a, 2)} to {text.fmt_num(b, 2)}" for a, b in zip(t["CI Low"], t["CI High"])],
+        "t": t["t"].map(text.fmt_z), "q (FDR)": t["q"].map(lambda q: text.fmt_p(q).replace("p ", "")),
+    }).reset_index(drop=True)
+
+
+def atlas_comparison(d) -> pd.DataFrame:
+    """Atlases considered for the DMN, filled in from this run's fetch attempts."""
+    t = d.atlas_table
+    return pd.DataFrame({"Atlas": t["Atlas"], "Type": t["Type"], "Resolution": t["Resolution"],
+                         "Regions": t["Regions"], "Networks": t["Networks"],
+                         "Loaded in this run": [s if s == "loaded" else s.replace("not available: ", "no: ")
+                                                for s in t["Status"]],
+                         "Reference": t["Citation"]})

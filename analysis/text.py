@@ -22,7 +22,10 @@ TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 def fmt_z(value: float) -> str:
     """Format a z (or t) statistic with two decimals, e.g. ``5.12`` or ``-3.40``."""
-    return f"{float(value):.2f}".replace("-", "\u2212") if value < 0 else f"{float(value):.2f}"
+    text = f"{float(value):.2f}"
+    if text == "-0.00":
+        text = "0.00"
+    return text.replace("-", "\u2212")
 
 
 def fmt_p(value: float) -> str:
@@ -65,6 +68,8 @@ def fmt_pct(fraction: float, digits: int = 1) -> str:
 def fmt_num(value: float, digits: int = 2) -> str:
     """Format a plain number with ``digits`` decimals (minus sign typographic)."""
     text = f"{float(value):.{digits}f}"
+    if float(text) == 0:
+        text = text.lstrip("-")
     return text.replace("-", "\u2212")
 
 
@@ -125,5 +130,5 @@ def render(template: str, **context) -> str:
     """
     text = environment().get_template(template).render(**context)
     paragraphs = [" ".join(p.split()) for p in text.split(PARAGRAPH)]
-    paragraphs = [re.sub(r"\s+([.,;:)])", r"\1", p).replace("( ", "(") for p in paragraphs]
+    paragraphs = [re.sub(r"\s+([,;:)]|\.(?!\d))", r"\1", p).replace("( ", "(") for p in paragraphs]
     return "\n\n".join(p for p in paragraphs if p)

