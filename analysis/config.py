@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "DataConfig", "GLMConfig", "InferenceConfig", "OutputConfig",
+__all__ = ["ConfigError", "DataConfig", "BIDSConfig", "StatMapConfig", "GLMConfig", "InferenceConfig", "OutputConfig",
            "SimulationConfig", "CalibrationConfig", "DMNConfig", "Config", "load_config", "DEFAULT_CONFIG_PATH"]
 
 DEFAULT_CONFIG_PATH = Path("analysis.toml")
 
-DATASETS = ("spm_auditory", "simulated")
+DATASETS = ("spm_auditory", "simulated", "bids", "statmap")
 HRF_MODELS = ("spm", "spm + derivative", "spm + derivative + dispersion", "glover",
               "glover + derivative", "glover + derivative + dispersion")
 DRIFT_MODELS = ("cosine", "polynomial", "none")
@@ -46,6 +46,37 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class BIDSConfig:
+    """A single-subject, single-run BIDS task dataset (``data.dataset = "bids"``)."""
+
+    root: str = ""  # the BIDS dataset folder
+    subject: str = ""  # label without "sub-"
+    task: str = ""  # label without "task-"
+    session: str = ""  # label without "ses-" ("" = none or the only one)
+    run: str = ""  # label without "run-" ("" = the only run)
+    space: str = ""  # "" = raw images (native space); e.g. "MNI152NLin2009cAsym" = fMRIPrep's preprocessed run
+    derivatives: str = ""  # fMRIPrep folder ("" = <root>/derivatives/fmriprep)
+    confounds: tuple[str, ...] = ()  # fMRIPrep confound columns to add to the design, e.g. ["trans_x", ...]
+
+
+@dataclass(frozen=True)
+class StatMapConfig:
+    """A report from an existing statistical map (``data.dataset = "statmap"``): no time series."""
+
+    path: str = ""  # e.g. spmT_0001.nii, zstat1.nii.gz, a nilearn z map
+    stat: str = "z"  # "z" or "t"
+    dof: float = 0.0  # degrees of freedom of a t map
+    contrast: str = "listening"  # name of the contrast the map shows
+    direction: str = ""  # what positive values mean, e.g. "listening > rest" ("" = "<contrast> > baseline")
+    source: str = ""  # where the map came from, for the report (e.g. "FSL FEAT 6.0, first level, sub-01")
+    space: str = "MNI152NLin2009cAsym"  # must be an MNI space: atlas labels and DMN masks are in MNI
+
+    def __post_init__(self):
+        _choice("statmap.stat", self.stat, ("z", "t"))
+        _range("statmap.dof", self.dof, 0, 1e6)
+
+
+@dataclass(frozen=True)
 class SimulationConfig:
     """Parameters of the simulated listen-vs-rest dataset (ground truth is known)."""
 
@@ -65,7 +96,7 @@ class SimulationConfig:
 class GLMConfig:
     """First-level model settings, named as in nilearn's ``FirstLevelModel``."""
 
-    t_r: float = 7.0
+    t_r: float = 0.0  # s; 0 = from the data (BIDS sidecar, fetcher or image header); else must agree with it
     hrf_model: str = "spm"
     noise_model: str = "ar1_bc"  # calibrated AR(1); "ar1" is nilearn's reference (z inflated on short runs)
     rho_fwhm: float = 15.0  # mm, spatial smoothing of the AR(1) coefficient for "ar1_bc"
@@ -77,7 +108,8 @@ class GLMConfig:
     n_jobs: int = 1
 
     def __post_init__(self):
-        _range("glm.t_r", self.t_r, 0.1, 60)
+        if self.t_r != 0:
+            _range("glm.t_r", self.t_r, 0.1, 60)
         _choice("glm.hrf_model", self.hrf_model, HRF_MODELS)
         _choice("glm.drift_model", self.drift_model, DRIFT_MODELS)
         _range("glm.high_pass", self.high_pass, 0, 1)
@@ -158,6 +190,8 @@ class Config:
     """The whole analysis configuration (immutable)."""
 
     data: DataConfig = field(default_factory=DataConfig)
+    bids: BIDSConfig = field(default_factory=BIDSConfig)
+    statmap: StatMapConfig = field(default_factory=StatMapConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     glm: GLMConfig = field(default_factory=GLMConfig)
     contrasts: dict[str, str] = field(default_factory=lambda: {"listening": "listening"})
@@ -247,7 +281,7 @@ def load_config(path: str | Path | None = None) -> Config:
 def _build(cls, data, source, prefix):
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: [{prefix.rstrip('.')}] must be a table")
-    known = {f.name: f for f in fields(cls) if f.name != "source"}
+    known = {f.name: f for f in fields(cls) if not (cls is Config and f.name == "source")}
     kwargs = {}
     for key, value in data.items():
         if cls is Config and key == "report":  # title page metadata: read by analysis.metadata, not a cache input
@@ -287,6 +321,10 @@ def _coerce(key, value, default, source):
         return float(value)
     if expected is str and not isinstance(value, str):
         raise ConfigError(f"{source}: {key} must be a string, not {value!r}")
+    if expected is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{source}: {key} must be a list of strings, e.g. [\"trans_x\", \"trans_y\"]")
+        return tuple(value)
     return value
 
 
@@ -304,6 +342,6 @@ def _range(key, value, low, high, open_low=False):
         raise ConfigError(f"{key} = {value!r} is out of range; use a value in {bracket}{low}, {high}]")
 
 
-_SECTIONS = {"data": DataConfig, "simulation": SimulationConfig, "glm": GLMConfig,
+_SECTIONS = {"data": DataConfig, "bids": BIDSConfig, "statmap": StatMapConfig, "simulation": SimulationConfig, "glm": GLMConfig,
              "inference": InferenceConfig, "calibration": CalibrationConfig,
              "dmn": DMNConfig, "output": OutputConfig}

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 
 from . import __version__, data, glm, inference
 from .config import Config, load_config
@@ -188,6 +189,10 @@ def _compute(config: Config, stage: Path, out: Path) -> Results:
     for name in OUTPUT_FOLDERS:
         (stage / name).mkdir(parents=True)
     (stage / "figures" / ".gitignore").write_text("*\n!.gitignore\n")
+    if config.data.dataset == "statmap":
+        results = _compute_statmap(config, stage, out)
+        log.info("analysis finished in %.1f s", time.perf_counter() - t0)
+        return results
 
     _step("loading data")
     run = data.load_run(config, cache_dir=_cache_dir(config))
@@ -197,9 +202,10 @@ def _compute(config: Config, stage: Path, out: Path) -> Results:
     t_r_header = _check_t_r(run, config)
     checksums = {name: data.file_sha256(p) for name, p in sorted(run.files.items())}
     key = compute_cache_key(config, checksums)
+    config = config.replace(glm={"t_r": run.t_r})  # from here on the TR is the data's (checked above)
 
     _step("building the design matrix")
-    design = glm.make_design(run.events, run.n_scans, config.glm)
+    design = glm.make_design(run.events, run.n_scans, config.glm, confounds=run.confounds)
     conditions = sorted(run.events["trial_type"].unique())
     for name, expr in config.contrasts.items():
         glm.check_contrast(expr, design, conditions, name)
@@ -215,82 +221,20 @@ def _compute(config: Config, stage: Path, out: Path) -> Results:
     maps = glm.compute_contrasts(model, design, config.contrasts, conditions)
     cmat = glm.contrast_matrix(config.contrasts, design)
 
-    figures: dict[str, str] = {}
+    w = _Writer(stage)
+    fig = w.fig
     bg_img = _background(run, bold)
-    extras: dict = {}
+    extras: dict = {"atlas": _atlas_info(config, run.space)}
 
-    def fig(role: str, filename: str) -> Path:
-        figures[role] = f"figures/{filename}"
-        return stage / "figures" / filename
-
-    from .figures import maps as fmaps
-
-    _step("thresholding and cluster tables")
-    atlases = None
-    if run.space.startswith("MNI"):
-        from .atlas import label_caption, load_label_atlases, unavailable_atlases
-
-        atlases = load_label_atlases(data.nilearn_data_dir(config))
-        extras["atlas"] = {"caption": label_caption(atlases, run.space),
-                           "unavailable": unavailable_atlases(atlases), "space": run.space}
-    else:
-        extras["atlas"] = {"caption": "", "unavailable": {}, "space": run.space}
+    _step("thresholding, cluster tables and map figures")
+    atlases = _label_atlases(config, run.space)
     contrast_results = {}
     for name, m in maps.items():
-        ent = glm.entity(name)
-        thr = inference.threshold_all(m.z_img, mask_img, config.inference)
-        primary_img, primary = thr[config.inference.primary]
-        clusters, label_img = inference.cluster_table(m.z_img, primary, config.inference.min_distance)
-        if not clusters.empty:
-            from .atlas import label_cluster_table
-
-            clusters = label_cluster_table(clusters, label_img, atlases, space=run.space)
-            clusters.attrs = {}
-        files = {}
-
-        def save(role, img, filename, sidecar):
-            files[role] = f"derivatives/{filename}"
-            nib.save(img, stage / "derivatives" / filename)
-            (stage / "derivatives" / filename.replace(".nii.gz", ".json")).write_text(
-                json.dumps({"Contrast": name, "ContrastExpression": m.expression, "Space": run.space,
-                            **sidecar}, indent=1, sort_keys=True))
-
-        save("z", m.z_img, f"contrast-{ent}_stat-z_statmap.nii.gz", {"Statistic": "z", "Thresholded": False, "Threshold": None})
-        save("effect", m.effect_img, f"contrast-{ent}_stat-effect_statmap.nii.gz",
-             {"Statistic": "effect size", "Units": "% signal change" if config.glm.signal_scaling == 0
-              else "BOLD units", "Thresholded": False, "Threshold": None})
-        save("z_thresholded", primary_img, f"contrast-{ent}_stat-z_desc-thresholded_statmap.nii.gz",
-             {"Statistic": "z", "Thresholded": True, "Threshold": primary.label,
-              "ZThreshold": primary.z_threshold if np.isfinite(primary.z_threshold) else None})
-        if label_img is not None:
-            save("clusters_img", label_img, f"contrast-{ent}_desc-clusters_dseg.nii.gz",
-                 {"Description": "cluster number as in the cluster table", "Statistic": "z", "Thresholded": True,
-                  "Threshold": primary.label})
-        files["clusters"] = f"tables/contrast-{ent}_clusters.tsv"
-        clusters.to_csv(stage / files["clusters"], sep="\t", index=False, float_format="%.6g")
-
-        recovery = None
-        if run.truth is not None:
-            from . import simulate
-
-            recovery = {k: float(v) for k, v in simulate.recovery(thr["fdr"][0], run.truth).items()}
-        z = m.z_img.get_fdata()[np.asarray(mask_img.dataobj) > 0]
-        contrast_results[name] = ContrastResult(
-            name=name, entity=ent, expression=m.expression, vector=m.vector,
-            thresholds=tuple(r for _, r in thr.values()), primary_key=config.inference.primary,
-            clusters=clusters, z_max=float(z.max()), z_min=float(z.min()),
-            direction=glm.describe_direction(m.expression, conditions), files=files, recovery=recovery)
-
-        _step(f"figures for {name}")
-        fmaps.plot_map(m.effect_img, fig(f"{name}.effect", f"contrast-{ent}_stat-effect_statmap.png"), bg_img=bg_img,
-                       colorbar_label="% signal change" if config.glm.signal_scaling == 0 else "effect")
-        fmaps.plot_map(m.z_img, fig(f"{name}.z", f"contrast-{ent}_stat-z_statmap.png"), bg_img=bg_img,
-                       colorbar_label="z")
-        fmaps.plot_glass(primary_img, fig(f"{name}.glass", f"contrast-{ent}_desc-glass_statmap.png"))
-        fmaps.plot_threshold_panel(
-            {k: img for k, (img, _) in thr.items()}, {k: r.label for k, (_, r) in thr.items()},
-            {k: f"{r.n_pos} + / {r.n_neg} \u2212 voxels" for k, (_, r) in thr.items()},
-            fig(f"{name}.thresholds", f"contrast-{ent}_desc-thresholds_statmap.png"))
+        contrast_results[name] = _infer_contrast(
+            w, config, name, m.expression, glm.describe_direction(m.expression, conditions), m.z_img, mask_img,
+            space=run.space, atlases=atlases, bg_img=bg_img, vector=m.vector, effect_img=m.effect_img,
+            truth=run.truth)
+    figures = w.figures
 
     if config.calibration.enabled:
         extras["calibration"] = _calibrate(config, bold, design, mask.mask_img, model, fig)
@@ -299,6 +243,8 @@ def _compute(config: Config, stage: Path, out: Path) -> Results:
         extras["dmn"] = _dmn(config, run, bold, design, maps[first.name], first, mask.mask_img, stage, fig, bg_img)
 
     _step("design and data figures")
+    from .figures import maps as fmaps
+
     fmaps.plot_design(design, fig("design", "desc-design_matrix.png"))
     fmaps.plot_contrasts(cmat, design, fig("contrasts", "desc-contrasts_matrix.png"))
     from nilearn.image import mean_img
@@ -315,7 +261,7 @@ def _compute(config: Config, stage: Path, out: Path) -> Results:
         fallback_reason=run.fallback_reason, shape=tuple(int(s) for s in bold.shape),
         voxel_size=tuple(float(z) for z in bold.header.get_zooms()[:3]), dtype=str(bold.get_data_dtype()),
         value_min=float(arr.min()), value_max=float(arr.max()), n_scans=run.n_scans, t_r=run.t_r,
-        t_r_header=t_r_header, has_anat=run.anat_img is not None, events=run.events,
+        t_r_header=t_r_header, has_anat=run.anat_img is not None, events=run.events, t_r_source=run.t_r_source,
         files={n: {"path": str(Path(p).resolve()), "sha256": checksums[n]} for n, p in sorted(run.files.items())})
     drift_cols = [c for c in design.columns if c.startswith("drift") or c.startswith("cosine")]
     model_info = ModelInfo(
@@ -332,6 +278,163 @@ def _compute(config: Config, stage: Path, out: Path) -> Results:
     (stage / RESULTS_FILE).write_text(results.to_json(), encoding="utf-8")
     log.info("analysis finished in %.1f s", time.perf_counter() - t0)
     return results
+
+
+def _compute_statmap(config: Config, stage: Path, out: Path) -> Results:
+    """Inference, labelled clusters, DMN overlap and prose from an existing z or t map (no time series)."""
+    from nilearn.datasets import load_mni152_template
+
+    from .statmap import load_statmap
+
+    _step("loading the statistical map")
+    sm = load_statmap(config)
+    name = Path(sm.path).name
+    checksums = {name: data.file_sha256(sm.path)}
+    key = compute_cache_key(config, checksums)
+    w = _Writer(stage)
+    bg_img = load_mni152_template(resolution=2)
+    extras: dict = {"atlas": _atlas_info(config, sm.space),
+                    "statmap": {"path": sm.path, "stat": sm.stat, "dof": sm.dof, "source": sm.source,
+                                "coverage": sm.coverage, "conversion": sm.conversion}}
+    _step("thresholding, cluster tables and map figures")
+    contrast = _infer_contrast(
+        w, config, sm.contrast, sm.contrast, sm.direction, sm.z_img, sm.mask_img, space=sm.space,
+        atlases=_label_atlases(config, sm.space), bg_img=bg_img,
+        extra_sidecar={"Source": sm.source, "SourceFile": name, "SourceStatistic": sm.stat,
+                       "DegreesOfFreedom": sm.dof or None})
+    if config.dmn.enabled:
+        _step("overlap with the Default Mode Network")
+        extras["dmn_overlap"] = _dmn_overlap(config, sm.z_img, sm.mask_img, contrast, w, bg_img)
+    src = np.asarray(nib.load(sm.path).dataobj, dtype=np.float64)
+    finite = src[np.isfinite(src)]
+    img = sm.z_img
+    dataset = DatasetInfo(
+        dataset="statmap", description=f"the statistical map {name} ({sm.source})", space=sm.space,
+        is_simulated=False, fallback_reason="", shape=tuple(int(v) for v in img.shape),
+        voxel_size=tuple(float(v) for v in img.header.get_zooms()[:3]),
+        dtype=str(nib.load(sm.path).get_data_dtype()), value_min=float(finite.min()), value_max=float(finite.max()),
+        n_scans=0, t_r=0.0, t_r_header=0.0, has_anat=False,
+        events=pd.DataFrame(columns=["onset", "duration", "trial_type"]),
+        files={name: {"path": sm.path, "sha256": checksums[name]}})
+    results = Results(cache_key=key, config=config, dataset=dataset, model=None,
+                      contrasts={sm.contrast: contrast}, figures=w.figures, versions=_versions(), extras=extras,
+                      output_dir=str(out))
+    (stage / RESULTS_FILE).write_text(results.to_json(), encoding="utf-8")
+    return results
+
+
+def _dmn_overlap(config: Config, z_img, mask_img, contrast: ContrastResult, w, bg_img) -> dict:
+    """Without time series, the DMN can only be compared with the map by overlap."""
+    from .dmn import dmn_definitions, dmn_overlap
+    from .figures import dmn as fdmn
+
+    defs = dmn_definitions(data.nilearn_data_dir(config), node_radius=config.dmn.node_radius)
+    thr = contrast.primary if np.isfinite(contrast.primary.z_threshold) else contrast.threshold("fpr")
+    if defs.main_img is None:
+        return {"available": False, "reason": "no DMN atlas could be loaded", "source": defs.network_source}
+    ov = dmn_overlap(z_img, thr.z_threshold, defs.main_img, mask_img)
+    fdmn.plot_z_with_dmn_contours(z_img, defs.main_img,
+                                  w.fig("dmn.contours", f"contrast-{contrast.entity}_desc-dmncontours_statmap.png"),
+                                  threshold=thr.z_threshold, bg_img=bg_img)
+    return {"available": True, "source": defs.network_source, "threshold_label": thr.label,
+            "z_threshold": thr.z_threshold, "n_dmn": ov.n_dmn, "n_below": ov.n_suprathreshold,
+            "n_overlap": ov.n_overlap, "share_dmn_below": ov.share_dmn_below,
+            "share_below_in_dmn": None if ov.share_below_in_dmn != ov.share_below_in_dmn else ov.share_below_in_dmn}
+
+
+class _Writer:
+    """Writes figures and derivative maps into the staging folder and records their relative paths."""
+
+    def __init__(self, stage: Path):
+        self.stage = stage
+        self.figures: dict[str, str] = {}
+
+    def fig(self, role: str, filename: str) -> Path:
+        self.figures[role] = f"figures/{filename}"
+        return self.stage / "figures" / filename
+
+    def derivative(self, img, filename: str, sidecar: dict) -> str:
+        nib.save(img, self.stage / "derivatives" / filename)
+        (self.stage / "derivatives" / filename.replace(".nii.gz", ".json")).write_text(
+            json.dumps(sidecar, indent=1, sort_keys=True))
+        return f"derivatives/{filename}"
+
+
+def _atlas_info(config: Config, space: str) -> dict:
+    if not space.startswith("MNI"):
+        return {"caption": "", "unavailable": {}, "space": space}
+    from .atlas import label_caption, unavailable_atlases
+
+    atlases = _label_atlases(config, space)
+    return {"caption": label_caption(atlases, space), "unavailable": unavailable_atlases(atlases), "space": space}
+
+
+def _label_atlases(config: Config, space: str):
+    if not space.startswith("MNI"):
+        return None
+    from .atlas import load_label_atlases
+
+    return load_label_atlases(data.nilearn_data_dir(config))
+
+
+def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, direction: str, z_img, mask_img, *,
+                    space: str, atlases, bg_img, vector=(), effect_img=None, truth=None,
+                    extra_sidecar: dict | None = None) -> ContrastResult:
+    """Thresholds, labelled cluster table, derivative maps and map figures of one contrast's z map."""
+    from .figures import maps as fmaps
+
+    ent = glm.entity(name)
+    thr = inference.threshold_all(z_img, mask_img, config.inference)
+    primary_img, primary = thr[config.inference.primary]
+    clusters, label_img = inference.cluster_table(z_img, primary, config.inference.min_distance)
+    if not clusters.empty and atlases is not None:
+        from .atlas import label_cluster_table
+
+        clusters = label_cluster_table(clusters, label_img, atlases, space=space)
+        clusters.attrs = {}
+    base = {"Contrast": name, "ContrastExpression": expression, "Space": space, **(extra_sidecar or {})}
+    files = {"z": w.derivative(z_img, f"contrast-{ent}_stat-z_statmap.nii.gz",
+                               {**base, "Statistic": "z", "Thresholded": False, "Threshold": None})}
+    if effect_img is not None:
+        files["effect"] = w.derivative(
+            effect_img, f"contrast-{ent}_stat-effect_statmap.nii.gz",
+            {**base, "Statistic": "effect size", "Thresholded": False, "Threshold": None,
+             "Units": "% signal change" if config.glm.signal_scaling == 0 else "BOLD units"})
+    files["z_thresholded"] = w.derivative(
+        primary_img, f"contrast-{ent}_stat-z_desc-thresholded_statmap.nii.gz",
+        {**base, "Statistic": "z", "Thresholded": True, "Threshold": primary.label,
+         "ZThreshold": primary.z_threshold if np.isfinite(primary.z_threshold) else None})
+    if label_img is not None:
+        files["clusters_img"] = w.derivative(
+            label_img, f"contrast-{ent}_desc-clusters_dseg.nii.gz",
+            {**base, "Description": "cluster number as in the cluster table", "Statistic": "z",
+             "Thresholded": True, "Threshold": primary.label})
+    files["clusters"] = f"tables/contrast-{ent}_clusters.tsv"
+    clusters.to_csv(w.stage / files["clusters"], sep="\t", index=False, float_format="%.6g")
+
+    recovery = None
+    if truth is not None:
+        from . import simulate
+
+        recovery = {k: float(v) for k, v in simulate.recovery(thr["fdr"][0], truth).items()}
+    z = z_img.get_fdata()[np.asarray(mask_img.dataobj) > 0]
+
+    if effect_img is not None:
+        fmaps.plot_map(effect_img, w.fig(f"{name}.effect", f"contrast-{ent}_stat-effect_statmap.png"),
+                       bg_img=bg_img, colorbar_label="% signal change" if config.glm.signal_scaling == 0
+                       else "effect")
+    fmaps.plot_map(z_img, w.fig(f"{name}.z", f"contrast-{ent}_stat-z_statmap.png"), bg_img=bg_img,
+                   colorbar_label="z")
+    fmaps.plot_glass(primary_img, w.fig(f"{name}.glass", f"contrast-{ent}_desc-glass_statmap.png"))
+    fmaps.plot_threshold_panel(
+        {k: img for k, (img, _) in thr.items()}, {k: r.label for k, (_, r) in thr.items()},
+        {k: f"{r.n_pos} + / {r.n_neg} \u2212 voxels" for k, (_, r) in thr.items()},
+        w.fig(f"{name}.thresholds", f"contrast-{ent}_desc-thresholds_statmap.png"))
+    return ContrastResult(
+        name=name, entity=ent, expression=expression, vector=tuple(vector),
+        thresholds=tuple(r for _, r in thr.values()), primary_key=config.inference.primary,
+        clusters=clusters, z_max=float(z.max()), z_min=float(z.min()), direction=direction, files=files,
+        recovery=recovery)
 
 
 def _calibrate(config: Config, bold, design, mask_img, model, fig) -> dict:
@@ -403,12 +506,15 @@ def _check_t_r(run: data.Run, config: Config) -> float:
     if units == "msec":
         t_r_header /= 1000.0
     source = next(iter(run.files.values()), "BOLD image")
-    if not np.isclose(run.t_r, config.glm.t_r, rtol=1e-3):
-        raise data.DataError(f"{source}: the dataset's TR is {run.t_r:g} s but glm.t_r = {config.glm.t_r:g} s in "
-                             "the config; set glm.t_r to the acquisition TR")
-    if t_r_header > 0 and not np.isclose(t_r_header, config.glm.t_r, rtol=1e-3):
-        raise data.DataError(f"{source}: the image header says TR = {t_r_header:g} s but glm.t_r = "
-                             f"{config.glm.t_r:g} s; fix glm.t_r (or the header's pixdim[4])")
+    wanted = config.glm.t_r
+    if wanted and not np.isclose(run.t_r, wanted, rtol=1e-3):
+        raise data.DataError(f"{source}: the TR from {run.t_r_source or 'the dataset'} is {run.t_r:g} s but "
+                             f"glm.t_r = {wanted:g} s in the config; set glm.t_r to the acquisition TR (or 0 to "
+                             "take it from the data)")
+    if t_r_header > 0 and not np.isclose(t_r_header, run.t_r, rtol=1e-3):
+        raise data.DataError(f"{source}: the image header says TR = {t_r_header:g} s but the TR from "
+                             f"{run.t_r_source or 'the config'} is {run.t_r:g} s; fix the header's pixdim[4] "
+                             "or the sidecar")
     return t_r_header
 
 

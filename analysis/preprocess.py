@@ -131,7 +131,8 @@ class PreprocessParams:
     fd_threshold : float
         Framewise displacement (mm) above which a volume counts as high-motion.
     seed : int
-        Random seed of ANTs's metric sampling, for reproducible registrations.
+        Random seed (>= 1; ANTs treats 0 as "seed from the clock") of the
+        metric sampling, so registrations repeat exactly.
     """
 
     smoothing_fwhm: float | None = 6.0
@@ -149,7 +150,7 @@ class PreprocessParams:
     n_threads: int = 2
     fd_radius: float = 50.0
     fd_threshold: float = 0.5
-    seed: int = 0
+    seed: int = 1
 
     def __post_init__(self):
         for name in ("realign_iterations", "realign_shrink_factors", "realign_smoothing_sigmas",
@@ -177,6 +178,8 @@ class PreprocessParams:
             raise ValueError(f"n_threads must be a positive integer, got {self.n_threads!r}")
         if not 0 < self.realign_sampling <= 1:
             raise ValueError(f"realign_sampling must be in (0, 1], got {self.realign_sampling!r}")
+        if int(self.seed) != self.seed or self.seed < 1:
+            raise ValueError(f"seed must be an integer >= 1, got {self.seed!r}")
         if not self.fd_radius > 0 or not self.fd_threshold > 0:
             raise ValueError("fd_radius and fd_threshold must be > 0")
 

@@ -9,7 +9,8 @@ from . import text
 from .results import ContrastResult, Results
 
 __all__ = ["methods", "results_text", "calibration", "calibration_text", "dmn", "dmn_text", "dmn_callout",
-           "fallback_callout", "label_caption", "subtitle", "HRF_TEXT"]
+           "fallback_callout", "label_caption", "subtitle", "dataset_line", "figure", "statmap_text",
+           "dmn_overlap_text", "HRF_TEXT"]
 
 HRF_TEXT = {
     "spm": "canonical SPM haemodynamic response function",
@@ -131,6 +132,38 @@ def label_caption(res: Results) -> str:
     return atlas.get("caption") or "No anatomical labels."
 
 
+def dataset_line(res: Results) -> str:
+    """One line naming what was analysed, for the preface."""
+    ds = res.dataset
+    if not ds.has_time_series:
+        sm = res.extras.get("statmap", {})
+        stat = f"t map, {sm.get('dof', 0):g} degrees of freedom" if sm.get("stat") == "t" else "z map"
+        return f"{sm.get('source', ds.description)} ({stat}, {ds.space})"
+    sim = " (simulated)" if ds.is_simulated and ds.dataset != "simulated" else ""
+    return f"{ds.dataset}{sim}, {ds.n_scans} volumes, TR {text.fmt_num(ds.t_r, 2).rstrip('0').rstrip('.')} s, {ds.space}"
+
+
+def figure(res: Results, role: str, missing: str = "Not available in this run."):
+    """The figure for a chapter cell: an Image, or a one-line note when the run did not make it."""
+    from IPython.display import Image, Markdown
+
+    if role in res.figures:
+        return Image(filename=str(res.figure(role)))
+    return Markdown(f"*{missing}*")
+
+
+def statmap_text(res: Results) -> str:
+    return text.render("statmap.md.j2", res=res, sm=res.extras["statmap"], c=res.contrast(),
+                       threshold_labels=[t.label for t in res.contrast().thresholds])
+
+
+def dmn_overlap_text(res: Results) -> str:
+    ov = res.extras.get("dmn_overlap")
+    if not ov:
+        return "The Default Mode Network comparison was switched off in the configuration (`dmn.enabled = false`)."
+    return text.render("dmn_overlap.md.j2", ov=ov, c=res.contrast())
+
+
 def subtitle(res: Results) -> str:
     """Book subtitle naming the data the report is built on."""
     ds = res.dataset
@@ -138,6 +171,8 @@ def subtitle(res: Results) -> str:
         return "Built on simulated data: the SPM auditory dataset could not be fetched"
     if ds.is_simulated:
         return "Built on simulated data (ground truth known), not a real scan"
+    if not ds.has_time_series:
+        return f"From the statistical map {next(iter(ds.files))}"
     return f"Dataset: {ds.dataset}"
 def fallback_callout(res: Results) -> str:
     """A Quarto callout saying plainly that the report is built on simulated data (empty otherwise)."""

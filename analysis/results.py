@@ -67,10 +67,15 @@ class DatasetInfo:
     has_anat: bool
     events: pd.DataFrame
     files: dict[str, dict[str, str]]  # name -> {"path": ..., "sha256": ...}
+    t_r_source: str = ""  # where the TR came from (BIDS sidecar, fetcher, header, simulation)
 
     @property
     def conditions(self) -> list[str]:
         return sorted(self.events["trial_type"].unique())
+
+    @property
+    def has_time_series(self) -> bool:
+        return self.n_scans > 0
 
     @property
     def run_length_s(self) -> float:
@@ -170,7 +175,7 @@ class Results:
     cache_key: str
     config: Config
     dataset: DatasetInfo
-    model: ModelInfo
+    model: ModelInfo | None  # None for a report from an existing statistical map
     contrasts: dict[str, ContrastResult]
     figures: dict[str, str]  # role -> path relative to the output folder
     versions: dict[str, str]
@@ -201,9 +206,9 @@ class Results:
             "config": self.config.to_dict(),
             "dataset": {**{k: getattr(ds, k) for k in (
                 "dataset", "description", "space", "is_simulated", "fallback_reason", "dtype", "value_min",
-                "value_max", "n_scans", "t_r", "t_r_header", "has_anat", "files")},
+                "value_max", "n_scans", "t_r", "t_r_header", "has_anat", "files", "t_r_source")},
                 "shape": list(ds.shape), "voxel_size": list(ds.voxel_size), "events": df_to_records(ds.events)},
-            "model": {**{k: getattr(self.model, k) for k in (
+            "model": None if self.model is None else {**{k: getattr(self.model, k) for k in (
                 "noise_model", "hrf_model", "drift_model", "high_pass", "smoothing_fwhm", "signal_scaling",
                 "standardize", "n_drift", "dof", "n_mask_voxels", "mask_source", "n_excluded_nonfinite",
                 "n_excluded_constant")},
@@ -224,12 +229,15 @@ class Results:
         ds["shape"] = tuple(ds["shape"])
         ds["voxel_size"] = tuple(ds["voxel_size"])
         ds["events"] = df_from_records(ds["events"])
-        m = dict(d["model"])
-        m["design_columns"] = tuple(m["design_columns"])
-        m["conditions"] = tuple(m["conditions"])
-        m["contrast_matrix"] = df_from_records(m["contrast_matrix"]).set_index("contrast")
+        model = None
+        if d["model"] is not None:
+            m = dict(d["model"])
+            m["design_columns"] = tuple(m["design_columns"])
+            m["conditions"] = tuple(m["conditions"])
+            m["contrast_matrix"] = df_from_records(m["contrast_matrix"]).set_index("contrast")
+            model = ModelInfo(**m)
         return cls(cache_key=d["cache_key"], config=Config.from_dict(d["config"], source="results.json"),
-                   dataset=DatasetInfo(**ds), model=ModelInfo(**m),
+                   dataset=DatasetInfo(**ds), model=model,
                    contrasts={k: ContrastResult.from_dict(v) for k, v in d["contrasts"].items()},
                    figures=d["figures"], versions=d["versions"], extras=d.get("extras", {}),
                    output_dir=str(output_dir))

@@ -78,6 +78,7 @@ __all__ = [
 ]
 
 #: Onsets (s) of the seven "listening" blocks of the SPM auditory run.
+REFERENCE_T_R = 7.0  # s, the SPM auditory run
 LISTENING_ONSETS = (42.0, 126.0, 210.0, 294.0, 378.0, 462.0, 546.0)
 #: Duration (s) of each "listening" block.
 BLOCK_DURATION = 42.0

@@ -36,7 +36,8 @@ def dataset_summary(ds: DatasetInfo) -> pd.DataFrame:
         ("Voxel size (mm)", " \u00d7 ".join(text.fmt_num(v, 1) for v in ds.voxel_size)),
         ("Data type", ds.dtype),
         ("Value range", f"{text.fmt_num(ds.value_min, 1)} to {text.fmt_num(ds.value_max, 1)}"),
-        ("TR (s), config / header", f"{ds.t_r:g} / {ds.t_r_header:g}" if ds.t_r_header else f"{ds.t_r:g} / not set"),
+        ("TR (s)", f"{ds.t_r:g} (from {ds.t_r_source or 'the dataset'}; header: "
+                   + (f"{ds.t_r_header:g})" if ds.t_r_header else "not set)")),
         ("Run length (s)", f"{ds.run_length_s:g}"),
         ("Conditions", ", ".join(ds.conditions)),
         ("Anatomical image", "yes" if ds.has_anat else "no"),

@@ -76,7 +76,7 @@ def main(argv=None) -> int:
         cpu = time.process_time() - cpu0
 
     print(f"antspyx {ants_version()}, ITK threads {args.threads}, os.cpu_count() {os.cpu_count()}")
-    print(f"input: bold {bold_img.shape} voxels {bold_img.header.get_zooms()[:3]} mm, "
+    print(f"input: bold {bold_img.shape} voxels {tuple(float(z) for z in bold_img.header.get_zooms()[:3])} mm, "
           f"anat {anat_img.shape}")
     print(f"params: reference={args.reference} normalisation={args.normalisation} "
           f"fwhm={args.fwhm:g} mm -> output {out.bold_img.shape}")

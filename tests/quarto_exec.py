@@ -26,10 +26,15 @@ class ExecutedChapter:
     inline_values: list[str]
 
 
-def book_chapters(project: Path) -> list[Path]:
-    """The .qmd files of the book, in order (chapters, then appendices)."""
+def book_chapters(project: Path, profile: str | None = None) -> list[Path]:
+    """The .qmd files of the book for a profile (default: the project's default profile), in order."""
     cfg = yaml.safe_load((project / "_quarto.yml").read_text())
-    book = cfg["book"]
+    profile = profile or cfg.get("profile", {}).get("default")
+    book = dict(cfg.get("book", {}))
+    if profile:  # Quarto merges the profile's config over _quarto.yml; lists are appended
+        extra = yaml.safe_load((project / f"_quarto-{profile}.yml").read_text()).get("book", {})
+        for key in ("chapters", "appendices"):
+            book[key] = list(book.get(key, [])) + list(extra.get(key, []))
     items = list(book.get("chapters", [])) + list(book.get("appendices", []))
     out = []
     for item in items:
@@ -82,6 +87,36 @@ def execute_chapter(path: Path, project: Path, timeout: int = 900) -> ExecutedCh
         joined = "".join(texts)
         (inline_values if i in inline_idx else outputs).append(joined)
     return ExecutedChapter(path, source, outputs, inline_values)
+
+
+_DIV_OPEN = re.compile(r"^(:{3,})\s*\{(.*)\}\s*$")
+_DIV_CLOSE = re.compile(r"^:{3,}\s*$")
+
+
+def visible_text(text: str, profile: str) -> str:
+    """``text`` without the divs that Quarto hides for ``profile`` (``when-profile`` / ``unless-profile``)."""
+    out, stack = [], []  # stack of booleans: is this div hidden?
+    for line in text.splitlines():
+        m = _DIV_OPEN.match(line)
+        if m:
+            attrs = m.group(2)
+            when = re.search(r'when-profile="([^"]+)"', attrs)
+            unless = re.search(r'unless-profile="([^"]+)"', attrs)
+            hidden = bool((when and profile not in when.group(1).split(","))
+                          or (unless and profile in unless.group(1).split(",")))
+            stack.append(hidden)
+            if not any(stack):
+                out.append(line)
+            continue
+        if _DIV_CLOSE.match(line) and stack:
+            hidden = any(stack)
+            stack.pop()
+            if not hidden:
+                out.append(line)
+            continue
+        if not any(stack):
+            out.append(line)
+    return "\n".join(out)
 
 
 LABEL_RE = re.compile(r"\{#((?:fig|tbl|sec)-[A-Za-z0-9_-]+)[^}]*\}|#\|\s*label:\s*((?:fig|tbl|sec)-[A-Za-z0-9_-]+)")

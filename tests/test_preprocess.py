@@ -82,7 +82,8 @@ def test_motion_confounds_have_fmriprep_names():
 
 @pytest.mark.parametrize("bad", [dict(realign_reference="median"), dict(normalisation="SyNQuick"),
                                  dict(smoothing_fwhm=-1), dict(target_resolution=4),
-                                 dict(realign_iterations=(10, 10)), dict(n_threads=0)])
+                                 dict(realign_iterations=(10, 10)), dict(n_threads=0),
+                                 dict(seed=0)])
 def test_params_reject_bad_values(bad):
     with pytest.raises(ValueError):
         PreprocessParams(**bad)
@@ -121,6 +122,21 @@ def test_native_simulation_is_in_scanner_space(native_run):
     # The head really is moved: tens of mm and several degrees away from MNI.
     assert np.linalg.norm(native_run.mni_to_func[:3, 3]) > 10
     assert native_run.motion["trans_z"].abs().max() > 0.3
+
+
+def test_realign_is_reproducible(native_run):
+    pytest.importorskip("ants")
+    import nibabel as nib
+
+    from analysis.preprocess import realign
+
+    img = nib.Nifti1Image(np.asarray(native_run.bold_img.dataobj)[..., :5], native_run.bold_img.affine)
+    params = PreprocessParams(realign_reference="first")
+    first_img, first = realign(img, params)
+    _, second = realign(img, params)
+    assert first_img.shape == img.shape
+    pd.testing.assert_frame_equal(first, second)
+    np.testing.assert_allclose(first.iloc[0], 0.0, atol=1e-3)   # volume 0 onto itself
 
 
 def test_estimated_motion_matches_truth(native_run, preprocessed):

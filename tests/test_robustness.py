@@ -69,8 +69,10 @@ def test_tr_in_config_must_match_header(bold_img, events):
 
     img = nib.Nifti1Image(np.asarray(bold_img.dataobj), bold_img.affine, bold_img.header.copy())
     img.header.set_zooms((3.0, 3.0, 3.0, 2.0))
-    with pytest.raises(data.DataError, match=r"header says TR = 2 s but glm.t_r = 7 s"):
+    with pytest.raises(data.DataError, match=r"header says TR = 2 s but the TR from"):
         _check_t_r(_run(img, events), Config())
+    with pytest.raises(data.DataError, match=r"is 7 s but glm.t_r = 2.5 s in the config"):
+        _check_t_r(_run(bold_img, events), Config().replace(glm={"t_r": 2.5}))
 
 
 @pytest.mark.parametrize("toml, message", [
