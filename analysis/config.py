@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["ConfigError", "DataConfig", "BIDSConfig", "StatMapConfig", "GLMConfig", "InferenceConfig", "OutputConfig",
-           "SimulationConfig", "CalibrationConfig", "DMNConfig", "Config", "load_config", "DEFAULT_CONFIG_PATH"]
+           "SimulationConfig", "CalibrationConfig", "DMNConfig", "PreprocessingConfig", "Config", "load_config", "DEFAULT_CONFIG_PATH"]
 
 DEFAULT_CONFIG_PATH = Path("analysis.toml")
 
@@ -164,6 +164,24 @@ class CalibrationConfig:
 
 
 @dataclass(frozen=True)
+class PreprocessingConfig:
+    """Realignment, coregistration, normalisation to MNI152 and smoothing of native-space runs (ANTs)."""
+
+    mode: str = "auto"  # "auto": run for native-space data; "on": always; "off": never
+    smoothing_fwhm: float = 6.0  # mm, applied after normalisation (then keep glm.smoothing_fwhm = 0)
+    normalisation: str = "Affine"  # "Affine", "SyN" or "Rigid" (anatomical -> MNI152)
+    motion_confounds: str = "6+derivatives"  # "none", "6" or "6+derivatives" motion regressors in the GLM
+    realign_reference: str = "mean"  # "mean" (two-pass), "first" or "middle"
+
+    def __post_init__(self):
+        _choice("preprocessing.mode", self.mode, ("auto", "on", "off"))
+        _range("preprocessing.smoothing_fwhm", self.smoothing_fwhm, 0, 30)
+        _choice("preprocessing.normalisation", self.normalisation, ("Affine", "SyN", "Rigid"))
+        _choice("preprocessing.motion_confounds", self.motion_confounds, ("none", "6", "6+derivatives"))
+        _choice("preprocessing.realign_reference", self.realign_reference, ("mean", "first", "middle"))
+
+
+@dataclass(frozen=True)
 class DMNConfig:
     """The Default Mode Network analysis (Yeo 2011 network, Seitzman 2018 nodes, Schaefer 2018 parcels)."""
 
@@ -193,6 +211,7 @@ class Config:
     bids: BIDSConfig = field(default_factory=BIDSConfig)
     statmap: StatMapConfig = field(default_factory=StatMapConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
     glm: GLMConfig = field(default_factory=GLMConfig)
     contrasts: dict[str, str] = field(default_factory=lambda: {"listening": "listening"})
     inference: InferenceConfig = field(default_factory=InferenceConfig)
@@ -216,7 +235,7 @@ class Config:
         """Plain nested dict (no ``source``), stable for hashing and JSON."""
         d = asdict(self)
         d.pop("source")
-        return d
+        return json.loads(json.dumps(d))  # tuples -> lists, exactly as read back from JSON/TOML
 
     def canonical_json(self) -> str:
         """Sorted, compact JSON of :meth:`to_dict`; the cache key is built from it."""
@@ -342,6 +361,6 @@ def _range(key, value, low, high, open_low=False):
         raise ConfigError(f"{key} = {value!r} is out of range; use a value in {bracket}{low}, {high}]")
 
 
-_SECTIONS = {"data": DataConfig, "bids": BIDSConfig, "statmap": StatMapConfig, "simulation": SimulationConfig, "glm": GLMConfig,
+_SECTIONS = {"data": DataConfig, "bids": BIDSConfig, "statmap": StatMapConfig, "simulation": SimulationConfig, "preprocessing": PreprocessingConfig, "glm": GLMConfig,
              "inference": InferenceConfig, "calibration": CalibrationConfig,
              "dmn": DMNConfig, "output": OutputConfig}

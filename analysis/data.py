@@ -218,9 +218,10 @@ def load_bids(config: Config) -> Run:
     filters = [("task", b.task)] + ([("ses", b.session)] if b.session else []) + ([("run", b.run)] if b.run else [])
     deriv = Path(b.derivatives) if b.derivatives else root / "derivatives" / "fmriprep"
 
-    def find(base, tag, ftype, modality, extra=()):
+    def find(base, tag, ftype, modality, extra=(), run_filters=True):
+        base_filters = filters if run_filters else [f for f in filters if f[0] == "ses"]
         return sorted(get_bids_files(base, file_tag=tag, file_type=ftype, sub_label=b.subject,
-                                     modality_folder=modality, filters=filters + list(extra)))
+                                     modality_folder=modality, filters=base_filters + list(extra)))
 
     raw = [f for f in find(root, "bold", "nii*", "func") if "space-" not in Path(f).name]
     if b.space:
@@ -290,9 +291,11 @@ def load_bids(config: Config) -> Run:
             raise DataError(f"{conf_files[0]}: {len(table)} rows but the run has {bold_img.shape[3]} volumes")
         confounds = table[list(b.confounds)].fillna(0.0)  # fMRIPrep derivatives start with n/a
         files[Path(conf_files[0]).name] = conf_files[0]
-    anats = find(root, "T1w", "nii*", "anat") if not b.space else \
-        find(deriv, "T1w", "nii*", "anat", [("space", b.space), ("desc", "preproc")])
+    anats = find(root, "T1w", "nii*", "anat", run_filters=False) if not b.space else \
+        find(deriv, "T1w", "nii*", "anat", [("space", b.space), ("desc", "preproc")], run_filters=False)
     anat_img = _load_nifti(anats[0]) if anats else None
+    if anats:
+        files[Path(anats[0]).name] = anats[0]
     space = b.space or "native"
     return Run(bold_img=bold_img, events=events, t_r=t_r, dataset="bids", space=space, anat_img=anat_img,
                mask_img=mask_img, files=files, confounds=confounds, t_r_source=t_r_source,

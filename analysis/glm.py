@@ -49,6 +49,8 @@ def make_design(events: pd.DataFrame, n_scans: int, glm: GLMConfig,
 
     Frame times are at the start of each scan (``slice_time_ref = 0``), as nilearn's default.
     """
+    if not glm.t_r > 0:
+        raise ValueError("glm.t_r must be resolved from the data before building the design (got 0)")
     frame_times = np.arange(n_scans) * glm.t_r
     drift = None if glm.drift_model == "none" else glm.drift_model
     return make_first_level_design_matrix(

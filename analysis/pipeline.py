@@ -198,11 +198,15 @@ def _compute(config: Config, stage: Path, out: Path) -> Results:
     run = data.load_run(config, cache_dir=_cache_dir(config))
     if run.is_fallback:
         log.warning("THIS REPORT USES SIMULATED DATA: %s", run.fallback_reason)
-    bold = run.bold_img
     t_r_header = _check_t_r(run, config)
     checksums = {name: data.file_sha256(p) for name, p in sorted(run.files.items())}
     key = compute_cache_key(config, checksums)
     config = config.replace(glm={"t_r": run.t_r})  # from here on the TR is the data's (checked above)
+    w = _Writer(stage)
+    fig = w.fig
+    extras: dict = {}
+    run, extras["preprocessing"] = _preprocess(config, run, w)
+    bold = run.bold_img
 
     _step("building the design matrix")
     design = glm.make_design(run.events, run.n_scans, config.glm, confounds=run.confounds)
@@ -221,10 +225,8 @@ def _compute(config: Config, stage: Path, out: Path) -> Results:
     maps = glm.compute_contrasts(model, design, config.contrasts, conditions)
     cmat = glm.contrast_matrix(config.contrasts, design)
 
-    w = _Writer(stage)
-    fig = w.fig
     bg_img = _background(run, bold)
-    extras: dict = {"atlas": _atlas_info(config, run.space)}
+    extras["atlas"] = _atlas_info(config, run.space)
 
     _step("thresholding, cluster tables and map figures")
     atlases = _label_atlases(config, run.space)
@@ -435,6 +437,85 @@ def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, dire
         thresholds=tuple(r for _, r in thr.values()), primary_key=config.inference.primary,
         clusters=clusters, z_max=float(z.max()), z_min=float(z.min()), direction=direction, files=files,
         recovery=recovery)
+
+
+def _preprocess(config: Config, run: data.Run, w: _Writer) -> tuple[data.Run, dict]:
+    """Bring a native-space run into MNI152 space (ANTs), with motion confounds and QC figures.
+
+    Returns the run to analyse and a plain dict for the report (``{"ran": False, "reason": ...}`` when
+    preprocessing did not run).
+    """
+    import dataclasses
+
+    cfg = config.preprocessing
+    if cfg.mode == "off" or (cfg.mode == "auto" and run.space != "native"):
+        why = ("switched off (preprocessing.mode = \"off\")" if cfg.mode == "off"
+               else f"not needed: the data are already in {run.space} space")
+        return run, {"ran": False, "reason": why, "space": run.space}
+    if run.anat_img is None:
+        reason = "no anatomical image comes with the run, so it cannot be normalised to MNI152"
+        if cfg.mode == "on":
+            raise data.DataError(f"{next(iter(run.files.values()))}: {reason}; add a T1w image or set "
+                                 "preprocessing.mode = \"off\"")
+        log.warning("preprocessing skipped: %s", reason)
+        return run, {"ran": False, "reason": reason, "space": run.space}
+    if cfg.smoothing_fwhm > 0 and config.glm.smoothing_fwhm > 0:
+        raise data.DataError(f"{config.source}: both preprocessing.smoothing_fwhm and glm.smoothing_fwhm are set; "
+                             "the data would be smoothed twice: set one of them to 0")
+    try:
+        from . import preprocess as pp
+        pp.ants_version()
+        import ants  # noqa: F401
+    except ImportError:
+        reason = "ANTs (the antspyx package) is not installed: pip install \"analysis[preprocess]\""
+        if cfg.mode == "on":
+            raise data.DataError(f"{config.source}: preprocessing.mode = \"on\" but {reason}") from None
+        log.warning("preprocessing skipped: %s; the analysis stays in native space", reason)
+        return run, {"ran": False, "reason": reason, "space": run.space}
+
+    _step(f"preprocessing: realignment, coregistration, {cfg.normalisation} normalisation to MNI152, smoothing")
+    params = pp.PreprocessParams(smoothing_fwhm=cfg.smoothing_fwhm or None, normalisation=cfg.normalisation,
+                                 realign_reference=cfg.realign_reference)
+    pre = pp.preprocess(run.bold_img, run.anat_img, params)
+    n_motion = {"none": 0, "6": 6, "6+derivatives": 12}[cfg.motion_confounds]
+    confounds = run.confounds
+    if n_motion:
+        motion = pre.confounds(derivatives=n_motion == 12)
+        confounds = motion if confounds is None else pd.concat([confounds.reset_index(drop=True), motion], axis=1)
+    pre.motion.to_csv(w.stage / "tables" / "desc-motion_timeseries.tsv", sep="\t", index=False,
+                      float_format="%.6g")
+    from .figures import qc
+
+    qc.plot_motion(pre.motion, pre.fd, w.fig("qc.motion", "desc-motion_qc.png"), fd_threshold=params.fd_threshold,
+                   t_r=run.t_r)
+    qc.plot_registration(pre.mean_img, pre.template_img, w.fig("qc.normalisation", "desc-normalisation_qc.png"),
+                         overlay="contours", title="MNI152 template contours over the normalised mean image")
+    qc.plot_registration(pre.coregistration.warped_img, pre.anat_img,
+                         w.fig("qc.coregistration", "desc-coregistration_qc.png"), overlay="edges",
+                         title="Anatomical edges over the coregistered mean functional image")
+    qc.plot_carpet(pre.realigned_img, w.fig("qc.carpet", "desc-carpet_qc.png"), t_r=run.t_r, fd=pre.fd,
+                   fd_threshold=params.fd_threshold)
+    w.derivative(pre.mean_img, "space-MNI152NLin2009cAsym_desc-mean_bold.nii.gz",
+                 {"Description": "mean of the preprocessed run", "Space": "MNI152NLin2009cAsym"})
+    info = {"ran": True, "space": "MNI152NLin2009cAsym", "native_space": run.space,
+            "context": _plain(pre.context(motion_regressors=n_motion)), "qc": _plain(pre.qc),
+            "timings": _plain(pre.timings), "motion_confounds": list(confounds.columns) if n_motion else []}
+    new = dataclasses.replace(run, bold_img=pre.bold_img, anat_img=pre.anat_mni_img, mask_img=pre.mask_img,
+                              space="MNI152NLin2009cAsym", confounds=confounds)
+    return new, info
+
+
+def _plain(d):
+    """JSON-safe copy of a dict of numbers, strings, lists and numpy scalars (NaN -> None)."""
+    if isinstance(d, dict):
+        return {str(k): _plain(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_plain(v) for v in d]
+    if hasattr(d, "item"):
+        d = d.item()
+    if isinstance(d, float) and not np.isfinite(d):
+        return None
+    return d
 
 
 def _calibrate(config: Config, bold, design, mask_img, model, fig) -> dict:

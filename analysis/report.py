@@ -10,7 +10,7 @@ from .results import ContrastResult, Results
 
 __all__ = ["methods", "results_text", "calibration", "calibration_text", "dmn", "dmn_text", "dmn_callout",
            "fallback_callout", "label_caption", "subtitle", "dataset_line", "figure", "statmap_text",
-           "dmn_overlap_text", "HRF_TEXT"]
+           "dmn_overlap_text", "preprocessing_text", "preprocessing_section", "HRF_TEXT"]
 
 HRF_TEXT = {
     "spm": "canonical SPM haemodynamic response function",
@@ -57,6 +57,7 @@ def methods(res: Results) -> str:
     """The methods paragraph (Markdown with @citations)."""
     c = res.contrast()
     return text.render("methods.md.j2", res=res, hrf=HRF_TEXT[res.model.hrf_model],
+                       pre=res.extras.get("preprocessing"),
                        noise={"text": _noise_text(res)},
                        threshold_labels=[t.label for t in c.thresholds], primary_label=c.primary.label)
 
@@ -162,6 +163,47 @@ def dmn_overlap_text(res: Results) -> str:
     if not ov:
         return "The Default Mode Network comparison was switched off in the configuration (`dmn.enabled = false`)."
     return text.render("dmn_overlap.md.j2", ov=ov, c=res.contrast())
+
+
+def preprocessing_text(res: Results) -> str:
+    """Preprocessing methods and motion QC paragraph (or why preprocessing did not run)."""
+    pre = res.extras.get("preprocessing") or {"ran": False, "reason": "not recorded"}
+    if not pre["ran"]:
+        return f"No preprocessing was run: {pre['reason']}."
+    return text.render("preprocessing.md.j2", **pre["context"])
+
+
+QC_FIGURES = (  # role, label, caption
+    ("qc.motion", "fig-qc-motion", "Head motion: translations (mm), rotations (degrees) and framewise displacement "
+                                   "(mm) per volume; the dashed line marks the high-motion threshold."),
+    ("qc.coregistration", "fig-qc-coregistration", "Coregistration: edges of the anatomical image over the mean "
+                                                   "functional image moved into anatomical space."),
+    ("qc.normalisation", "fig-qc-normalisation", "Normalisation: contours of the MNI152 template over the "
+                                                 "normalised mean functional image."),
+    ("qc.carpet", "fig-qc-carpet", "Carpet plot of the realigned run (voxels by time) with framewise "
+                                   "displacement above."),
+)
+
+
+def preprocessing_section(res: Results, chapter_dir: str = "chapters") -> str:
+    """The QC chapter body as Markdown: prose, motion summary table and the four QC figures (if run)."""
+    import os
+
+    from . import tables
+
+    out = [preprocessing_text(res)]
+    pre = res.extras.get("preprocessing") or {}
+    if not pre.get("ran"):
+        return out[0]
+    refs = ", ".join(f"@{label}" for _, label, _ in QC_FIGURES)
+    out.append(f"@tbl-qc-motion summarises head motion; {refs} show the checks that FEAT and fMRIPrep reports show.")
+    out.append("::: {#tbl-qc-motion}\n" + tables.markdown(tables.motion_summary(pre)) + "\n\n"
+               "Head motion summary (framewise displacement after @power2012).\n:::")
+    for role, label, caption in QC_FIGURES:
+        if role in res.figures:
+            path = os.path.relpath(res.figure(role), start=chapter_dir)
+            out.append(f"::: {{#{label}}}\n![]({path})\n\n{caption}\n:::")
+    return "\n\n".join(out)
 
 
 def subtitle(res: Results) -> str:

@@ -166,3 +166,16 @@ def atlas_comparison(d) -> pd.DataFrame:
                          "Loaded in this run": [s if s == "loaded" else s.replace("not available: ", "no: ")
                                                 for s in t["Status"]],
                          "Reference": t["Citation"]})
+
+
+def motion_summary(pre: dict) -> pd.DataFrame:
+    """Mean and maximum framewise displacement, high-motion volumes, largest excursions."""
+    q = pre["context"]
+    rows = [("Mean framewise displacement", f"{text.fmt_num(q['mean_fd'], 3)} mm"),
+            ("Maximum framewise displacement", f"{text.fmt_num(q['max_fd'], 3)} mm"),
+            (f"Volumes above {q['fd_threshold']:g} mm", f"{q['n_above']} of {q['n_volumes']} "
+                                                      f"({text.fmt_pct(q['fraction_above'])})"),
+            ("Largest translation", f"{text.fmt_num(q['max_abs_translation_mm'], 2)} mm"),
+            ("Largest rotation", f"{text.fmt_num(q['max_abs_rotation_deg'], 2)}\u00b0"),
+            ("Motion regressors in the GLM", str(q["motion_regressors"]))]
+    return pd.DataFrame(rows, columns=["Measure", "Value"])

@@ -5,7 +5,8 @@ from analysis.config import Config, ConfigError, load_config
 
 def test_defaults_are_the_reference_settings():
     cfg = Config()
-    assert cfg.glm.t_r == 7.0 and cfg.glm.hrf_model == "spm" and cfg.glm.drift_model == "cosine"
+    assert cfg.glm.t_r == 0.0  # taken from the data (and checked when set)
+    assert cfg.glm.hrf_model == "spm" and cfg.glm.drift_model == "cosine" and cfg.glm.noise_model == "ar1_bc"
     assert cfg.glm.high_pass == 0.01 and cfg.glm.standardize is False
     assert cfg.contrasts == {"listening": "listening"}
 
@@ -14,7 +15,7 @@ def test_project_config_file_loads():
     from conftest import PROJECT
 
     cfg = load_config(PROJECT / "analysis.toml")
-    assert cfg.data.dataset == "spm_auditory"
+    assert cfg.data.dataset == "spm_auditory" and cfg.glm.t_r == 7.0 and cfg.preprocessing.mode == "auto"
 
 
 def test_unknown_key_names_closest_valid_key(tmp_path):

@@ -5,8 +5,11 @@ from analysis import glm
 from analysis.config import Config
 
 
+GLM = Config().replace(glm={"t_r": 7.0})
+
+
 def _design(events):
-    return glm.make_design(events, 84, Config().glm)
+    return glm.make_design(events, 84, GLM.glm)
 
 
 def test_design_has_condition_drifts_and_constant(events):
@@ -48,7 +51,7 @@ def test_entity_names_are_bids_safe():
 def test_fit_recovers_planted_block(bold_img, events, noise_model):
     from conftest import CUBE
 
-    cfg = Config().replace(glm={"noise_model": noise_model})
+    cfg = GLM.replace(glm={"noise_model": noise_model})
     d = _design(events)
     import nibabel as nib
 
