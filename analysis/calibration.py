@@ -30,19 +30,21 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-import numpy as np
-import pandas as pd
-from nilearn.glm.contrasts import compute_contrast, expression_to_contrast_vector
-from scipy import optimize, stats
+from typing import TYPE_CHECKING
 
-from .noise import DEFAULT_NOISE_MODEL, DEFAULT_RHO_FWHM, NOISE_MODELS, NoiseModel, check_noise_model, \
-    fit_first_level, fit_noise_model, model_data
+import numpy as np
+
+if TYPE_CHECKING:  # imported where used, so that the report can read a Calibration cheaply
+    import pandas as pd
+
+from .noise import DEFAULT_NOISE_MODEL, DEFAULT_RHO_FWHM, NOISE_MODELS, NoiseModel, _blas_limited, \
+    check_noise_model, fit_first_level, fit_noise_model, model_data
 
 __all__ = ["THRESHOLDS", "Calibration", "calibrate", "calibration_from_z", "empirical_null",
            "choose_null_shifts", "z_values"]
 
 THRESHOLDS = (1.96, 2.58, 3.29)
-_QQ_GRID = np.linspace(-5.0, 5.0, 201)
+_QQ_GRID = np.linspace(-5.0, 5.0, 201)  # noqa: E305
 _HIST_EDGES = np.linspace(-6.0, 6.0, 121)
 
 
@@ -218,6 +220,8 @@ def empirical_null(z: np.ndarray, window: float = 1.5) -> tuple[float, float]:
     -------
     (mean, sd) : tuple of float
     """
+    from scipy import optimize, stats
+
     z = np.asarray(z, dtype=float)
     z = z[np.isfinite(z)]
     med = float(np.median(z))
@@ -281,6 +285,8 @@ def choose_null_shifts(design_matrix: pd.DataFrame, contrast_vector, n_null: int
 
 def z_values(labels, results, contrast_vector) -> np.ndarray:
     """z of a t contrast from ``run_glm``-style labels/results (what ``compute_contrast`` maps)."""
+    from nilearn.glm.contrasts import compute_contrast
+
     return np.asarray(compute_contrast(labels, results, np.asarray(contrast_vector, float), "t").z_score(),
                       dtype=float).ravel()
 
@@ -289,6 +295,8 @@ def calibration_from_z(z: np.ndarray, null_z: list[np.ndarray] | None = None, *,
                        contrast: str, t_r: float, null_shifts=(), null_shift_corr=(),
                        tolerance: float = 0.1, thresholds=THRESHOLDS, null_window: float = 1.5) -> Calibration:
     """Build a :class:`Calibration` from z values already computed (observed and null designs)."""
+    from scipy import stats
+
     z = np.asarray(z, dtype=float).ravel()
     z = z[np.isfinite(z)]
     null_z = [np.asarray(a, dtype=float).ravel() for a in (null_z or [])]
@@ -330,11 +338,12 @@ def calibration_from_z(z: np.ndarray, null_z: list[np.ndarray] | None = None, *,
     )
 
 
+@_blas_limited
 def calibrate(bold_img, design_matrix: pd.DataFrame, mask_img, *, contrast: str, t_r: float,
               noise_model: str = DEFAULT_NOISE_MODEL, n_null: int = 6, tolerance: float = 0.1,
               thresholds=THRESHOLDS, null_window: float = 1.5, max_corr: float = 0.2,
               smoothing_fwhm=None, rho_fwhm: float | None = DEFAULT_RHO_FWHM, n_jobs: int = 1,
-              model=None, **kwargs) -> Calibration:
+              model=None, data_model=None, **kwargs) -> Calibration:
     """Fit (or reuse) the model, then measure how far its z map is from N(0, 1).
 
     Parameters
@@ -365,28 +374,47 @@ def calibrate(bold_img, design_matrix: pd.DataFrame, mask_img, *, contrast: str,
         A model already fitted on these data with ``minimize_memory=False`` (e.g. by
         :func:`analysis.noise.fit_first_level`); saves one fit. Its noise model and
         ``rho_fwhm_`` are used.
+    data_model : FirstLevelModel, optional
+        A model fitted on these data with ``minimize_memory=False`` under *another* noise model (e.g.
+        the main model when calibrating the reference one). Its masked, scaled data and design are
+        reused and ``noise_model`` is fitted on them, which gives the same z values as a new
+        ``FirstLevelModel`` with the same masking and scaling, without masking the 4D image again.
+        Ignored when ``model`` is given.
 
     Returns
     -------
     Calibration
     """
+    from nilearn.glm.contrasts import expression_to_contrast_vector
+
     if model is not None:  # its own settings win
         noise_model = model.noise_model
         rho_fwhm = getattr(model, "rho_fwhm_", rho_fwhm)
     check_noise_model(noise_model)
-    if model is None:
-        kwargs["minimize_memory"] = False
-        model = fit_first_level(bold_img, design_matrix, mask_img, t_r=t_r, noise_model=noise_model,
-                                smoothing_fwhm=smoothing_fwhm, n_jobs=n_jobs, rho_fwhm=rho_fwhm, **kwargs)
-    design = model.design_matrices_[0]
-    c = np.asarray(expression_to_contrast_vector(contrast, list(design.columns)), dtype=float)
-    z = z_values(model.labels_[0], model.results_[0], c)
+    Y = None
+    if model is None and data_model is not None:
+        design = data_model.design_matrices_[0]
+        c = np.asarray(expression_to_contrast_vector(contrast, list(design.columns)), dtype=float)
+        Y = model_data(data_model)
+        mask = data_model.masker_.mask_img_
+        labels, results, _ = fit_noise_model(Y, design.to_numpy(dtype=float), noise_model, mask_img=mask,
+                                             rho_fwhm=rho_fwhm, n_jobs=n_jobs)
+        z = z_values(labels, results, c)
+        del labels, results
+    else:
+        if model is None:
+            kwargs["minimize_memory"] = False
+            model = fit_first_level(bold_img, design_matrix, mask_img, t_r=t_r, noise_model=noise_model,
+                                    smoothing_fwhm=smoothing_fwhm, n_jobs=n_jobs, rho_fwhm=rho_fwhm, **kwargs)
+        design = model.design_matrices_[0]
+        mask = model.masker_.mask_img_
+        c = np.asarray(expression_to_contrast_vector(contrast, list(design.columns)), dtype=float)
+        z = z_values(model.labels_[0], model.results_[0], c)
     null_z, shifts, corrs = [], (), ()
     if n_null > 0:
         shifts, corrs = choose_null_shifts(design, c, n_null, max_corr=max_corr)
-        Y = model_data(model)
+        Y = model_data(model) if Y is None else Y
         X = design.to_numpy(dtype=float)
-        mask = model.masker_.mask_img_
         for k in shifts:
             X_null = X.copy()
             X_null[:, c != 0] = np.roll(X[:, c != 0], k, axis=0)

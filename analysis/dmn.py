@@ -37,10 +37,10 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from . import atlas as _atlas
 from .atlas import AtlasStatus, LoadedAtlas, fetch_atlas, is_mni
+from .noise import _blas_limited
 
 __all__ = ["PCC_SEED", "DEFAULT_NODE_RADIUS", "DMN_NETWORK", "CONTROL_NETWORK", "ROI_COLUMNS",
            "DMNDefinitions", "NetworkTest", "DMNOverlap", "SeedSummary", "DMNResult",
@@ -266,6 +266,7 @@ def _fit_contrast(Y: np.ndarray, X: np.ndarray, con: np.ndarray, noise_model: st
     """Fit ``Y`` (n_scans, n) on ``X`` and evaluate a t contrast; two-sided p-values."""
     from nilearn.glm import compute_contrast
     from nilearn.glm.first_level import run_glm
+    from scipy import stats
 
     if noise_model in ("ols", "ar1"):
         labels, results = run_glm(Y, X, noise_model=noise_model, bins=100, n_jobs=1)
@@ -304,6 +305,8 @@ def _glm_table(bold: _Bold, design_matrix: pd.DataFrame, names, idx, contrast, n
 
 
 def _bh(p: pd.Series) -> np.ndarray:
+    from scipy import stats
+
     q = np.full(len(p), np.nan)
     finite = np.isfinite(p.to_numpy(dtype=float))
     if finite.any():
@@ -311,6 +314,7 @@ def _bh(p: pd.Series) -> np.ndarray:
     return q
 
 
+@_blas_limited
 def roi_glm(bold_img, design_matrix: pd.DataFrame, rois, contrast, noise_model: str = "ar1", *,
             mask_img=None, radius: float = DEFAULT_NODE_RADIUS, scale: bool = True) -> pd.DataFrame:
     """ROI-level GLM: the mean time series of each ROI fitted with the design matrix.
@@ -400,6 +404,7 @@ def _network_test(bold: _Bold, design_matrix, idx: np.ndarray, contrast, noise_m
                        p=float(row["p"]), n_voxels=int(row["Voxels"]), alpha=float(alpha), unit=str(row["Unit"]))
 
 
+@_blas_limited
 def network_test(bold_img, design_matrix: pd.DataFrame, network, contrast, noise_model: str = "ar1", *,
                  mask_img=None, alpha: float = 0.05, name: str = "Default Mode Network",
                  radius: float = DEFAULT_NODE_RADIUS) -> NetworkTest:
@@ -492,6 +497,7 @@ def _seed_series(bold: _Bold, seed, radius: float) -> tuple[np.ndarray, int]:
     return (y / sd if sd > 0 else y), int(idx.size)
 
 
+@_blas_limited
 def seed_map(bold_img, design_matrix: pd.DataFrame, mask_img, seed: Sequence[float] = PCC_SEED, t_r: float = None,
              *, radius: float = 8.0, noise_model: str = "ar1", smoothing_fwhm: float | None = None,
              seed_name: str = "pcc_seed") -> nib.Nifti1Image:
@@ -694,6 +700,7 @@ class DMNResult:
         return cls(**d)
 
 
+@_blas_limited
 def analyse_dmn(bold_img, design_matrix: pd.DataFrame, z_img, negative_threshold: float, mask_img=None, *,
                 contrast, noise_model: str = "ar1", alpha: float = 0.05, data_dir=None,
                 space: str = "MNI152NLin2009cAsym", t_r: float | None = None,

@@ -11,22 +11,28 @@ import math
 import warnings
 from dataclasses import dataclass
 
-import nibabel as nib
-import numpy as np
-import pandas as pd
-from nilearn.glm import threshold_stats_img
-from nilearn.reporting import get_clusters_table
-from scipy import ndimage
-from scipy.stats import norm
+from typing import TYPE_CHECKING
 
-from .config import InferenceConfig
+import numpy as np
+
+if TYPE_CHECKING:  # nilearn, nibabel, scipy and pandas are imported where used: results.py imports this module
+    import nibabel as nib
+    import pandas as pd
+
+    from .config import InferenceConfig
 
 __all__ = ["ThresholdSpec", "ThresholdResult", "threshold_specs", "apply_threshold", "threshold_all",
            "cluster_table", "CLUSTER_COLUMNS"]
 
 CLUSTER_COLUMNS = ["Cluster ID", "Sign", "X", "Y", "Z", "Peak Stat", "Peak p", "Cluster Size (voxels)",
                    "Cluster Size (mm3)"]
-_FACES = ndimage.generate_binary_structure(3, 1)  # nilearn's cluster connectivity (NN1, faces)
+
+
+def _faces():
+    """nilearn's cluster connectivity (NN1, faces)."""
+    from scipy import ndimage
+
+    return ndimage.generate_binary_structure(3, 1)
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,10 @@ def apply_threshold(z_img: nib.Nifti1Image, mask_img: nib.Nifti1Image,
     result : ThresholdResult
         The cut-off used and the voxel and cluster counts per sign.
     """
+    import nibabel as nib
+    from nilearn.glm import threshold_stats_img
+    from scipy import ndimage
+
     with warnings.catch_warnings():  # nilearn 0.14 warns about a default it changes in 0.15
         warnings.simplefilter("ignore", FutureWarning)
         thr_img, z_thr = threshold_stats_img(z_img, mask_img=mask_img, alpha=spec.alpha,
@@ -138,7 +148,7 @@ def apply_threshold(z_img: nib.Nifti1Image, mask_img: nib.Nifti1Image,
     pos, neg = data > 0, data < 0
     n_mask = int(np.count_nonzero(np.asarray(mask_img.dataobj)))
     result = ThresholdResult(spec, float(z_thr), int(pos.sum()), int(neg.sum()),
-                             int(ndimage.label(pos, _FACES)[1]), int(ndimage.label(neg, _FACES)[1]), n_mask)
+                             int(ndimage.label(pos, _faces())[1]), int(ndimage.label(neg, _faces())[1]), n_mask)
     return thr_img, result
 
 
@@ -168,6 +178,11 @@ def cluster_table(z_img: nib.Nifti1Image, result: ThresholdResult,
     label_img : Nifti1Image or None
         Integer image; voxel value = the cluster's number (the integer part of ``Cluster ID``), 0 outside.
     """
+    import nibabel as nib
+    import pandas as pd
+    from nilearn.reporting import get_clusters_table
+    from scipy.stats import norm
+
     if not result.survived:
         return pd.DataFrame(columns=CLUSTER_COLUMNS), None
     table, label_maps = get_clusters_table(z_img, stat_threshold=result.z_threshold,

@@ -40,18 +40,20 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from nilearn.glm.first_level import FirstLevelModel, run_glm
-from nilearn.glm.regression import ARModel, OLSModel, SimpleRegressionResults
+
+# nilearn.glm (and scikit-learn behind it) is imported only when a model is fitted, so that
+# ``NOISE_MODELS`` (read by the config and the report) costs nothing to import.
 
 __all__ = ["NoiseModel", "NOISE_MODELS", "DEFAULT_NOISE_MODEL", "DEFAULT_RHO_FWHM",
            "CalibratedFirstLevelModel", "fit_first_level", "fit_noise_model", "check_noise_model",
-           "bias_corrected_ar1", "model_data"]
+           "bias_corrected_ar1", "model_data", "run_glm_ar1", "BLAS_THREADS", "blas_threads"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,34 @@ NOISE_MODELS: dict[str, NoiseModel] = {
 DEFAULT_NOISE_MODEL = "ar1_bc"
 DEFAULT_RHO_FWHM = 15.0  # mm, fmristat's default FWHM for smoothing the autocorrelation
 _CALIBRATED = ("ar1_bc", "ar1_pooled")
+
+BLAS_THREADS: int | None = 1
+"""BLAS threads while fitting (None: leave BLAS alone).
+
+The fits multiply tall data matrices by small design matrices, bin by bin; OpenBLAS threads cost more
+than they gain there (on a busy 2-core machine, 10 to 30 times more), and the last bits of the
+results depend on the number of threads. One thread makes the fits faster and their results
+independent of the machine's core count."""
+
+
+def blas_threads(limit: int | None = None):
+    """Context manager limiting BLAS threads to ``limit`` (default :data:`BLAS_THREADS`)."""
+    limit = BLAS_THREADS if limit is None else limit
+    if not limit:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits  # a dependency of scikit-learn, hence of nilearn
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=limit, user_api="blas")
+
+
+def _blas_limited(func):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with blas_threads():
+            return func(*args, **kwargs)
+    return wrapper
 _RHO_LIMITS = (-0.9, 0.95)
 
 
@@ -155,22 +185,90 @@ def _smooth_in_mask(values: np.ndarray, mask_img, fwhm: float) -> np.ndarray:
     return apply_mask(img.__class__(smooth, affine), mask_img)
 
 
-def _fit_ar1_bins(Y: np.ndarray, X: np.ndarray, rho: np.ndarray, bins: int, n_jobs: int):
-    """Bin rho and fit one nilearn ARModel per bin: ``run_glm``'s layout (labels, {label: results})."""
+def _groups(codes: np.ndarray, n_groups: int) -> list[np.ndarray]:
+    """Column indices of each group ``0..n_groups-1``, in increasing order (as a boolean mask would give)."""
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(n_groups + 1))
+    return [order[bounds[g]:bounds[g + 1]] for g in range(n_groups)]
+
+
+def _fit_bins(Y: np.ndarray, X: np.ndarray, values: np.ndarray, unique: np.ndarray, codes: np.ndarray,
+              n_jobs: int) -> list:
+    """One nilearn ARModel fit per group of voxels sharing an AR coefficient (``values[g]``).
+
+    Integer-indexed columns in increasing order select exactly what ``Y[:, labels == label]`` selects, without
+    a string comparison over all voxels per bin.
+    """
+    groups = _groups(codes, len(unique))
+    if n_jobs == 1:
+        return [_ar_fit(X, values[g[0]], Y[:, g]) for g in groups]
     from joblib import Parallel, delayed
 
+    return Parallel(n_jobs=n_jobs)(delayed(_ar_fit)(X, values[g[0]], Y[:, g]) for g in groups)
+
+
+def _fit_ar1_bins(Y: np.ndarray, X: np.ndarray, rho: np.ndarray, bins: int, n_jobs: int):
+    """Bin rho and fit one nilearn ARModel per bin: ``run_glm``'s layout (labels, {label: results})."""
     binned = np.round(np.asarray(rho, dtype=float) * bins) / bins + 0.0  # no '-0.00' label
-    labels = np.array([f"{v:.{max(2, len(str(bins)) - 1)}f}" for v in binned])
-    unique = np.unique(labels)
-    fits = Parallel(n_jobs=n_jobs)(
-        delayed(_ar_fit)(X, float(binned[labels == lab][0]), Y[:, labels == lab]) for lab in unique)
+    width = max(2, len(str(bins)) - 1)
+    values, codes = np.unique(binned, return_inverse=True)
+    names = np.array([f"{v:.{width}f}" for v in values])
+    labels = names[codes.ravel()]
+    unique, codes = np.unique(labels, return_inverse=True)  # the labels' (string) order, as before
+    fits = _fit_bins(Y, X, binned, unique, codes.ravel(), n_jobs)
     return labels, dict(zip(unique, fits, strict=True)), binned
 
 
 def _ar_fit(X, rho, Y):
+    from nilearn.glm.regression import ARModel
+
     return ARModel(X, rho).fit(Y)
 
 
+def _yule_walker_ar1(x: np.ndarray) -> np.ndarray:
+    """nilearn's ``_yule_walker(x, 1)``, with the same arithmetic, minus a ``toeplitz`` call per voxel.
+
+    For order 1 the Toeplitz matrix of each voxel is ``[[r0]]``; the batched solve gets the same
+    (n, 1, 1) array nilearn builds, so the coefficients are bit-identical.
+    """
+    denom = x.shape[-1] - np.arange(2)
+    n = np.prod(np.array(x.shape[:-1], int))
+    r = np.zeros((n, 2), np.float64)
+    y = x - x.mean()
+    y = y.reshape(n, x.shape[-1])
+    r[:, 0] += (y[:, np.newaxis, :] @ y[:, :, np.newaxis])[:, 0, 0]
+    r[:, 1] += (y[:, np.newaxis, 0:-1] @ y[:, 1:, np.newaxis])[:, 0, 0]
+    r /= denom * x.shape[-1]
+    rt = np.ascontiguousarray(r[:, :1, np.newaxis])
+    rho = np.linalg.solve(rt, r[:, 1:, None])[..., 0]
+    return rho.reshape((*x.shape[:-1], 1))
+
+
+def run_glm_ar1(Y: np.ndarray, X: np.ndarray, bins: int = 100, n_jobs: int = 1, ols_result=None):
+    """``nilearn.glm.first_level.run_glm(Y, X, noise_model="ar1", bins=bins)``, bit-identical and faster.
+
+    Same OLS fit, same Yule-Walker coefficients (without nilearn's per-voxel ``toeplitz``), same
+    truncation to ``1 / bins``, same string labels and one ``ARModel`` fit per label on the same columns.
+
+    Parameters
+    ----------
+    ols_result : RegressionResults, optional
+        ``OLSModel(X).fit(Y)`` when already computed (e.g. by a FirstLevelModel fitted with ``"ols"``).
+    """
+    if ols_result is None:
+        from nilearn.glm.regression import OLSModel
+
+        ols_result = OLSModel(X).fit(Y)
+    ar_coef = _yule_walker_ar1(ols_result.residuals.T)[:, 0]
+    ar_coef = (ar_coef * bins).astype(int) * 1.0 / bins  # nilearn's loop, vectorised: same operations
+    values, codes = np.unique(ar_coef, return_inverse=True)
+    labels = np.array([str(v) for v in values])[codes.ravel()] if values.size else np.array([], dtype=str)
+    unique, codes = np.unique(labels, return_inverse=True)
+    fits = _fit_bins(Y, X, ar_coef, unique, codes.ravel(), n_jobs)
+    return labels, dict(zip(unique, fits, strict=True))
+
+
+@_blas_limited
 def fit_noise_model(Y: np.ndarray, X: np.ndarray, noise_model: str, *, mask_img=None,
                     rho_fwhm: float | None = DEFAULT_RHO_FWHM, bins: int = 100, n_jobs: int = 1,
                     ols_residuals: np.ndarray | None = None):
@@ -204,11 +302,17 @@ def fit_noise_model(Y: np.ndarray, X: np.ndarray, noise_model: str, *, mask_img=
     """
     check_noise_model(noise_model)
     X = np.asarray(X, dtype=np.float64)
+    if noise_model == "ar1":
+        labels, results = run_glm_ar1(Y, X, bins=bins, n_jobs=n_jobs)
+        return labels, results, np.asarray(labels, dtype=float)
     if noise_model not in _CALIBRATED:
+        from nilearn.glm.first_level import run_glm
+
         labels, results = run_glm(Y, X, noise_model=noise_model, bins=bins, n_jobs=n_jobs)
-        rho = np.asarray(labels, dtype=float) if noise_model == "ar1" else np.zeros(Y.shape[1])
-        return labels, results, rho
+        return labels, results, np.zeros(Y.shape[1])
     if ols_residuals is None:
+        from nilearn.glm.regression import OLSModel
+
         ols_residuals = OLSModel(X).fit(Y).residuals
     q = _lag1_autocorr(ols_residuals)
     if noise_model == "ar1_pooled":
@@ -225,60 +329,82 @@ def fit_noise_model(Y: np.ndarray, X: np.ndarray, noise_model: str, *, mask_img=
 # FirstLevelModel integration
 # --------------------------------------------------------------------------------------------
 
-class CalibratedFirstLevelModel(FirstLevelModel):
-    """nilearn's ``FirstLevelModel`` that also accepts ``noise_model="ar1_bc"`` or ``"ar1_pooled"``.
+def _define_calibrated_model():
+    from nilearn.glm.first_level import FirstLevelModel
+    from nilearn.glm.regression import SimpleRegressionResults
 
-    The constructor is nilearn's. For the calibrated models :meth:`fit` first runs nilearn's own
-    OLS fit (masking, scaling, design handling all unchanged), then refits every run with the
-    calibrated AR(1) model and stores ``labels_`` / ``results_`` in ``run_glm``'s layout, so
-    ``compute_contrast`` (every ``output_type``) and the other nilearn methods work as usual.
-    Other noise models go straight to nilearn.
+    class CalibratedFirstLevelModel(FirstLevelModel):
+        """nilearn's ``FirstLevelModel`` that also accepts ``noise_model="ar1_bc"`` or ``"ar1_pooled"``.
 
-    Attributes
-    ----------
-    rho_ : list of arrays
-        AR(1) coefficient used for each voxel, one array per run (in addition to nilearn's attributes).
-    rho_fwhm_ : float or None
-        Smoothing (mm) of the autocorrelation that was used.
-    """
+        The constructor is nilearn's. For the calibrated models :meth:`fit` first runs nilearn's own
+        OLS fit (masking, scaling, design handling all unchanged), then refits every run with the
+        calibrated AR(1) model and stores ``labels_`` / ``results_`` in ``run_glm``'s layout, so
+        ``compute_contrast`` (every ``output_type``) and the other nilearn methods work as usual.
+        ``"ar1"`` takes the same route (nilearn's OLS fit, then :func:`run_glm_ar1`, which gives
+        nilearn's ``run_glm`` results bit for bit, faster). Other noise models go straight to nilearn.
 
-    def fit(self, run_imgs, events=None, confounds=None, sample_masks=None, design_matrices=None,
-            bins=100, rho_fwhm=DEFAULT_RHO_FWHM):
-        """Fit the GLM; see :meth:`nilearn.glm.first_level.FirstLevelModel.fit`.
-
-        ``rho_fwhm`` (mm) smooths the autocorrelation of ``"ar1_bc"`` (0 or None: voxel-wise).
+        Attributes
+        ----------
+        rho_ : list of arrays
+            AR(1) coefficient used for each voxel, one array per run (in addition to nilearn's attributes).
+        rho_fwhm_ : float or None
+            Smoothing (mm) of the autocorrelation that was used.
         """
-        check_noise_model(self.noise_model)
-        self.rho_fwhm_ = rho_fwhm if self.noise_model == "ar1_bc" else None
-        if self.noise_model not in _CALIBRATED:
-            super().fit(run_imgs, events=events, confounds=confounds, sample_masks=sample_masks,
-                        design_matrices=design_matrices, bins=bins)
-            self.rho_ = [np.asarray(lab, dtype=float) if self.noise_model == "ar1"
-                         else np.zeros(len(lab)) for lab in self.labels_]
+
+        @_blas_limited
+        def fit(self, run_imgs, events=None, confounds=None, sample_masks=None, design_matrices=None,
+                bins=100, rho_fwhm=DEFAULT_RHO_FWHM):
+            """Fit the GLM; see :meth:`nilearn.glm.first_level.FirstLevelModel.fit`.
+
+            ``rho_fwhm`` (mm) smooths the autocorrelation of ``"ar1_bc"`` (0 or None: voxel-wise).
+            """
+            check_noise_model(self.noise_model)
+            self.rho_fwhm_ = rho_fwhm if self.noise_model == "ar1_bc" else None
+            if self.noise_model not in (*_CALIBRATED, "ar1"):
+                super().fit(run_imgs, events=events, confounds=confounds, sample_masks=sample_masks,
+                            design_matrices=design_matrices, bins=bins)
+                self.rho_ = [np.asarray(lab, dtype=float) if self.noise_model == "ar1"
+                             else np.zeros(len(lab)) for lab in self.labels_]
+                return self
+            requested, minimize = self.noise_model, self.minimize_memory
+            self.noise_model, self.minimize_memory = "ols", False
+            try:
+                super().fit(run_imgs, events=events, confounds=confounds, sample_masks=sample_masks,
+                            design_matrices=design_matrices, bins=bins)
+            finally:
+                self.noise_model, self.minimize_memory = requested, minimize
+            if getattr(self, "_reporting_data", None) is not None:
+                self._reporting_data["noise_model"] = requested
+            labels_, results_, self.rho_ = [], [], []
+            for run, (design, results) in enumerate(zip(self.design_matrices_, self.results_, strict=True)):
+                ols = results[0.0]
+                if requested == "ar1":  # nilearn's run_glm, from the OLS fit nilearn just made
+                    labels, ar_results = run_glm_ar1(ols.Y, design.values, bins=bins, n_jobs=self.n_jobs,
+                                                     ols_result=ols)
+                    rho = np.asarray(labels, dtype=float)
+                else:
+                    labels, ar_results, rho = fit_noise_model(
+                        ols.Y, design.to_numpy(dtype=float), requested, mask_img=self.masker_.mask_img_,
+                        rho_fwhm=rho_fwhm, bins=bins, n_jobs=self.n_jobs, ols_residuals=ols.residuals)
+                self.results_[run] = None  # free the OLS fit before keeping the AR one
+                if minimize:
+                    ar_results = {k: SimpleRegressionResults(v) for k, v in ar_results.items()}
+                labels_.append(labels)
+                results_.append(ar_results)
+                self.rho_.append(rho)
+            self.labels_, self.results_ = labels_, results_
             return self
-        requested, minimize = self.noise_model, self.minimize_memory
-        self.noise_model, self.minimize_memory = "ols", False
-        try:
-            super().fit(run_imgs, events=events, confounds=confounds, sample_masks=sample_masks,
-                        design_matrices=design_matrices, bins=bins)
-        finally:
-            self.noise_model, self.minimize_memory = requested, minimize
-        if getattr(self, "_reporting_data", None) is not None:
-            self._reporting_data["noise_model"] = requested
-        labels_, results_, self.rho_ = [], [], []
-        for run, (design, results) in enumerate(zip(self.design_matrices_, self.results_, strict=True)):
-            ols = results[0.0]
-            labels, ar_results, rho = fit_noise_model(
-                ols.Y, design.to_numpy(dtype=float), requested, mask_img=self.masker_.mask_img_,
-                rho_fwhm=rho_fwhm, bins=bins, n_jobs=self.n_jobs, ols_residuals=ols.residuals)
-            self.results_[run] = None  # free the OLS fit before keeping the AR one
-            if minimize:
-                ar_results = {k: SimpleRegressionResults(v) for k, v in ar_results.items()}
-            labels_.append(labels)
-            results_.append(ar_results)
-            self.rho_.append(rho)
-        self.labels_, self.results_ = labels_, results_
-        return self
+
+    CalibratedFirstLevelModel.__module__ = __name__
+    CalibratedFirstLevelModel.__qualname__ = "CalibratedFirstLevelModel"
+    return CalibratedFirstLevelModel
+
+
+def __getattr__(name):  # CalibratedFirstLevelModel is defined on first use (it needs nilearn.glm)
+    if name == "CalibratedFirstLevelModel":
+        cls = globals()[name] = _define_calibrated_model()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def fit_first_level(bold_img, design_matrix: pd.DataFrame, mask_img, *, t_r: float,
@@ -320,7 +446,7 @@ def fit_first_level(bold_img, design_matrix: pd.DataFrame, mask_img, *, t_r: flo
         If ``noise_model`` is not one of :data:`NOISE_MODELS`.
     """
     check_noise_model(noise_model)
-    model = CalibratedFirstLevelModel(t_r=t_r, noise_model=noise_model, smoothing_fwhm=smoothing_fwhm,
+    model = __getattr__("CalibratedFirstLevelModel")(t_r=t_r, noise_model=noise_model, smoothing_fwhm=smoothing_fwhm,
                                       n_jobs=n_jobs, mask_img=mask_img, **kwargs)
     with warnings.catch_warnings():
         # nilearn's notes that t_r is unused with a given design and that the given mask is used: both expected
@@ -339,6 +465,13 @@ def model_data(model: FirstLevelModel, run: int = 0) -> np.ndarray:
     if not hasattr(first, "Y"):
         raise ValueError("model_data needs a model fitted with minimize_memory=False")
     Y = np.empty((first.Y.shape[0], len(labels)), dtype=np.float64)
-    for label, res in results.items():
+    keys = list(results)
+    unique, codes = np.unique(np.asarray(labels), return_inverse=True)
+    if len(unique) == len(keys) and all(np.asarray(labels).dtype.kind == "U" for _ in (0,)):
+        groups = dict(zip(unique.tolist(), _groups(codes.ravel(), len(unique)), strict=True))
+        for label, res in results.items():
+            Y[:, groups[str(label)]] = res.Y
+        return Y
+    for label, res in results.items():  # numeric labels (nilearn's OLS: 0.0)
         Y[:, labels == label] = res.Y
     return Y

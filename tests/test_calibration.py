@@ -191,3 +191,16 @@ def test_figure_without_null_designs(ar_noise, design, tmp_path):
     assert cal.null_shifts == () and cal.null_design_ok
     assert plot_calibration(cal, tmp_path / "c.png").exists()
     assert "null designs" not in render("calibration.md.j2", cal=cal)
+
+
+def test_reference_calibration_can_reuse_the_main_models_data(ar_noise, design):
+    """calibrate(noise_model=..., data_model=main) == calibrate(model=<a new fit of that noise model>)."""
+    from analysis.noise import fit_first_level
+
+    img, mask = ar_noise
+    main = fit_first_level(img, design, mask, t_r=7.0, noise_model="ar1_bc", minimize_memory=False)
+    ref = fit_first_level(img, design, mask, t_r=7.0, noise_model="ar1", minimize_memory=False)
+    direct = calibrate(img, design, mask, contrast="listening", t_r=7.0, n_null=2, model=ref)
+    reused = calibrate(img, design, mask, contrast="listening", t_r=7.0, n_null=2, noise_model="ar1",
+                       data_model=main)
+    assert reused == direct

@@ -176,3 +176,44 @@ def test_noise_models_are_described_with_citations():
     for key, model in NOISE_MODELS.items():
         assert model.name == key and model.description
     assert "worsley2002" in NOISE_MODELS["ar1_bc"].citations
+
+
+def test_fast_ar1_gives_nilearns_run_glm_bit_for_bit():
+    """run_glm_ar1 (no per-voxel toeplitz, integer column groups) == nilearn's run_glm(noise_model="ar1")."""
+    from nilearn.glm.first_level import run_glm
+
+    from analysis.noise import blas_threads, run_glm_ar1
+
+    rng = np.random.default_rng(3)
+    X = _reference_design().to_numpy(dtype=float)
+    rho = rng.uniform(-0.3, 0.7, 3000)
+    e = rng.standard_normal((N_SCANS, 3000))
+    Y = np.empty_like(e)
+    Y[0] = e[0]
+    for t in range(1, N_SCANS):
+        Y[t] = rho * Y[t - 1] + e[t]
+    with blas_threads():  # the same BLAS threads for both
+        labels_ref, results_ref = run_glm(Y, X, noise_model="ar1", bins=100)
+        labels, results = run_glm_ar1(Y, X, bins=100)
+    np.testing.assert_array_equal(labels, labels_ref)
+    assert labels.dtype == labels_ref.dtype and list(results) == list(results_ref)
+    for key in results_ref:
+        np.testing.assert_array_equal(results[key].theta, results_ref[key].theta)
+        np.testing.assert_array_equal(results[key].dispersion, results_ref[key].dispersion)
+        np.testing.assert_array_equal(results[key].Y, results_ref[key].Y)
+
+
+def test_nilearn_ar1_through_the_calibrated_class_is_nilearns_fit():
+    """CalibratedFirstLevelModel(noise_model="ar1") (OLS fit + run_glm_ar1) == nilearn's FirstLevelModel."""
+    from analysis.noise import blas_threads
+
+    img, mask = _noise_img(0.4, seed=5, shape=(6, 7, 8))
+    design = _reference_design()
+    with blas_threads():
+        ours = fit_first_level(img, design, mask, t_r=T_R, noise_model="ar1")
+        theirs = FirstLevelModel(t_r=T_R, noise_model="ar1", mask_img=mask, minimize_memory=False).fit(
+            img, design_matrices=[design])
+    np.testing.assert_array_equal(ours.labels_[0], theirs.labels_[0])
+    np.testing.assert_array_equal(ours.compute_contrast("listening").get_fdata(),
+                                  theirs.compute_contrast("listening").get_fdata())
+    np.testing.assert_array_equal(ours.rho_[0], np.asarray(theirs.labels_[0], dtype=float))

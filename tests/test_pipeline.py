@@ -72,3 +72,26 @@ def test_nothing_survives_reads_well(sim_results):
     assert prose.startswith("For *listening*, no voxel survived") and "no evidence" in prose
     assert "undefined" in prose
     assert np.isfinite(c.z_max)
+
+
+def test_dmn_prose_follows_the_data_planted_and_null(sim_results, tmp_path):
+    """The simulated run with a planted DMN deactivation is reported as deactivated; without one, it is not."""
+    from conftest import write_config
+
+    from analysis.dmn import DMNResult
+
+    planted = DMNResult.from_dict(sim_results.extras["dmn"]["result"])
+    assert planted.deactivated and planted.network.p < 0.05
+    prose = report.dmn_text(sim_results)
+    assert "deactivated the DMN as a whole" in prose and "no evidence of DMN deactivation" not in prose
+
+    null_cfg = write_config(tmp_path, simulation={"dmn_psc": 0.0}, calibration={"enabled": False},
+                            dmn={"seed_map": False})
+    null = run(null_cfg)
+    result = DMNResult.from_dict(null.extras["dmn"]["result"])
+    print(f"\nDMN network test: planted p = {planted.network.p:.2g} (effect {planted.network.effect:.3f} %), "
+          f"null p = {result.network.p:.2g} (effect {result.network.effect:.3f} %)")
+    assert not result.deactivated
+    null_prose = report.dmn_text(null)
+    assert "no evidence of DMN deactivation" in null_prose.lower() or "There was no evidence" in null_prose
+    assert "deactivated the DMN as a whole" not in null_prose
