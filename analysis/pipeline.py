@@ -418,7 +418,7 @@ def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, dire
     if truth is not None:
         from . import simulate
 
-        recovery = {k: float(v) for k, v in simulate.recovery(thr["fdr"][0], truth).items()}
+        recovery = _plain({k: float(v) for k, v in simulate.recovery(thr["fdr"][0], truth).items()})
     z = z_img.get_fdata()[np.asarray(mask_img.dataobj) > 0]
 
     if effect_img is not None:
