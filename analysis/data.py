@@ -137,13 +137,25 @@ def load_run(config: Config, cache_dir: str | Path | None = None) -> Run:
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - any fetch failure (network, disk) leads to the same choice
-        reason = f"the SPM auditory data could not be fetched ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+        reason = f"the SPM auditory data could not be fetched ({_fetch_error(exc)})"
         if not config.data.fallback_to_simulated:
             raise DataError(f"{reason}; put the MoAEpilot data under the nilearn data folder "
                             "(data.data_dir or NILEARN_DATA), or set data.dataset = \"simulated\"") from None
         log.warning("%s; building the report on the SIMULATED dataset instead", reason)
         return _load_simulated(config, cache_dir, fallback_reason=reason)
     return run
+
+
+def _fetch_error(exc: BaseException) -> str:
+    """A short, readable reason for a failed download."""
+    import re
+
+    text = str(exc)
+    host = re.search(r"host='([^']+)'", text)
+    if isinstance(exc, ConnectionError) or "NameResolution" in text or "Max retries" in text:
+        return f"no network connection to {host.group(1) if host else 'the download server'}"
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first[:120]}" if first else type(exc).__name__
 
 
 def _load_spm_auditory(config: Config) -> Run:
