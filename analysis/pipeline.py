@@ -27,11 +27,10 @@ import time
 import uuid
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from . import __version__, data, glm, inference
+from . import __version__, data
 from .config import Config, load_config
 from .results import ContrastResult, DatasetInfo, ModelInfo, Results
 
@@ -87,7 +86,7 @@ def run(config: Config | str | Path | None = None, *, force: bool = False) -> Re
             shutil.rmtree(stale, ignore_errors=True)
         stage = cache / f"staging-{uuid.uuid4().hex[:8]}"
         try:
-            results = _compute(config, stage, out)
+            _compute(config, stage, out)
             _publish(stage, out)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
@@ -131,11 +130,9 @@ def _valid_cached(config: Config, out: Path) -> Results | None:
         files = stored["dataset"]["files"]
         if stored["dataset"]["fallback_reason"] and _spm_auditory_present(config):
             return None  # the real data has appeared since the fallback
-        checksums = {}
-        for name, entry in files.items():
-            if not Path(entry["path"]).exists():
-                return None
-            checksums[name] = data.file_sha256(entry["path"])
+        if not all(Path(entry["path"]).exists() for entry in files.values()):
+            return None
+        checksums = _checksums({n: e["path"] for n, e in files.items()}, _cache_dir(config))
         if stored["cache_key"] != compute_cache_key(config, checksums):
             return None
         results = Results.from_dict(stored, output_dir=out)
@@ -144,6 +141,45 @@ def _valid_cached(config: Config, out: Path) -> Results | None:
         return None
     missing = [p for p in _recorded_paths(results) if not (out / p).exists()]
     return None if missing else results
+
+
+_STAMPS_FILE = "input-checksums.json"
+_RACY_S = 2.0  # a file changed this recently is hashed again next time (an edit within the same tick)
+
+
+def _checksums(paths: dict[str, str], cache: Path) -> dict[str, str]:
+    """SHA-256 per input file, re-hashed only when its (dev, inode, size, mtime, ctime) stamp changed.
+
+    Any write changes ctime, which no tool can set back, so an unchanged stamp means unchanged content
+    (the scheme git's index uses).
+    """
+    store = cache / _STAMPS_FILE
+    try:
+        known = json.loads(store.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    out, changed, now = {}, False, time.time()
+    for name, p in paths.items():
+        p = str(Path(p).resolve())
+        st = os.stat(p)
+        stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        entry = known.get(p)
+        if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
+            out[name] = entry["sha256"]
+            continue
+        out[name] = data.file_sha256(p)
+        if now - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 > _RACY_S:
+            known[p] = {"stamp": stamp, "sha256": out[name]}
+            changed = True
+    if changed:
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = cache / f".{_STAMPS_FILE}.{os.getpid()}"
+            tmp.write_text(json.dumps(known, indent=0, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, store)
+        except OSError:
+            pass
+    return out
 
 
 def _spm_auditory_present(config: Config) -> bool:
@@ -185,12 +221,23 @@ def _publish(stage: Path, out: Path) -> None:
 # ----------------------------------------------------------------------------- the analysis
 
 def _compute(config: Config, stage: Path, out: Path) -> Results:
+    from .figures.parallel import FigurePool
+
+    with FigurePool() as pool:
+        return _compute_with(config, stage, out, pool)
+
+
+def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
+    import nibabel as nib
+
+    from . import glm
+
     t0 = time.perf_counter()
     for name in OUTPUT_FOLDERS:
         (stage / name).mkdir(parents=True)
     (stage / "figures" / ".gitignore").write_text("*\n!.gitignore\n")
     if config.data.dataset == "statmap":
-        results = _compute_statmap(config, stage, out)
+        results = _compute_statmap(config, stage, out, pool)
         log.info("analysis finished in %.1f s", time.perf_counter() - t0)
         return results
 
@@ -199,10 +246,10 @@ def _compute(config: Config, stage: Path, out: Path) -> Results:
     if run.is_fallback:
         log.warning("THIS REPORT USES SIMULATED DATA: %s", run.fallback_reason)
     t_r_header = _check_t_r(run, config)
-    checksums = {name: data.file_sha256(p) for name, p in sorted(run.files.items())}
+    checksums = _checksums(dict(sorted(run.files.items())), _cache_dir(config))
     key = compute_cache_key(config, checksums)
     config = config.replace(glm={"t_r": run.t_r})  # from here on the TR is the data's (checked above)
-    w = _Writer(stage)
+    w = _Writer(stage, pool)
     fig = w.fig
     extras: dict = {}
     run, extras["preprocessing"] = _preprocess(config, run, w)
@@ -239,23 +286,23 @@ def _compute(config: Config, stage: Path, out: Path) -> Results:
     figures = w.figures
 
     if config.calibration.enabled:
-        extras["calibration"] = _calibrate(config, bold, design, mask.mask_img, model, fig)
+        extras["calibration"] = _calibrate(config, bold, design, mask.mask_img, model, w)
     if config.dmn.enabled:
         first = next(iter(contrast_results.values()))
-        extras["dmn"] = _dmn(config, run, bold, design, maps[first.name], first, mask.mask_img, stage, fig, bg_img)
+        extras["dmn"] = _dmn(config, run, bold, design, maps[first.name], first, mask.mask_img, stage, w, bg_img)
 
     _step("design and data figures")
     from .figures import maps as fmaps
 
-    fmaps.plot_design(design, fig("design", "desc-design_matrix.png"))
-    fmaps.plot_contrasts(cmat, design, fig("contrasts", "desc-contrasts_matrix.png"))
+    w.draw(fmaps.plot_design, design, fig("design", "desc-design_matrix.png"))
+    w.draw(fmaps.plot_contrasts, cmat, design, fig("contrasts", "desc-contrasts_matrix.png"))
     from nilearn.image import mean_img
 
     mean = mean_img(bold, copy_header=True)
-    fmaps.plot_volumes(bold, fig("volumes", "desc-firstvolumes_bold.png"))
-    fmaps.plot_image(mean, fig("mean", "desc-mean_bold.png"))
+    w.draw(fmaps.plot_volumes, bold.slicer[..., :4], fig("volumes", "desc-firstvolumes_bold.png"))
+    w.draw(fmaps.plot_image, mean, fig("mean", "desc-mean_bold.png"))
     if run.anat_img is not None:
-        fmaps.plot_image(run.anat_img, fig("anat", "desc-anat_T1w.png"))
+        w.draw(fmaps.plot_image, run.anat_img, fig("anat", "desc-anat_T1w.png"))
 
     arr = np.asarray(bold.dataobj)
     dataset = DatasetInfo(
@@ -277,13 +324,15 @@ def _compute(config: Config, stage: Path, out: Path) -> Results:
         contrast_matrix=cmat)
     results = Results(cache_key=key, config=config, dataset=dataset, model=model_info, contrasts=contrast_results,
                       figures=figures, versions=_versions(), extras=extras, output_dir=str(out))
+    w.wait()
     (stage / RESULTS_FILE).write_text(results.to_json(), encoding="utf-8")
     log.info("analysis finished in %.1f s", time.perf_counter() - t0)
     return results
 
 
-def _compute_statmap(config: Config, stage: Path, out: Path) -> Results:
+def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
     """Inference, labelled clusters, DMN overlap and prose from an existing z or t map (no time series)."""
+    import nibabel as nib
     from nilearn.datasets import load_mni152_template
 
     from .statmap import load_statmap
@@ -291,9 +340,9 @@ def _compute_statmap(config: Config, stage: Path, out: Path) -> Results:
     _step("loading the statistical map")
     sm = load_statmap(config)
     name = Path(sm.path).name
-    checksums = {name: data.file_sha256(sm.path)}
+    checksums = _checksums({name: sm.path}, _cache_dir(config))
     key = compute_cache_key(config, checksums)
-    w = _Writer(stage)
+    w = _Writer(stage, pool)
     bg_img = load_mni152_template(resolution=2)
     extras: dict = {"atlas": _atlas_info(config, sm.space),
                     "statmap": {"path": sm.path, "stat": sm.stat, "dof": sm.dof, "source": sm.source,
@@ -321,6 +370,7 @@ def _compute_statmap(config: Config, stage: Path, out: Path) -> Results:
     results = Results(cache_key=key, config=config, dataset=dataset, model=None,
                       contrasts={sm.contrast: contrast}, figures=w.figures, versions=_versions(), extras=extras,
                       output_dir=str(out))
+    w.wait()
     (stage / RESULTS_FILE).write_text(results.to_json(), encoding="utf-8")
     return results
 
@@ -335,9 +385,9 @@ def _dmn_overlap(config: Config, z_img, mask_img, contrast: ContrastResult, w, b
     if defs.main_img is None:
         return {"available": False, "reason": "no DMN atlas could be loaded", "source": defs.network_source}
     ov = dmn_overlap(z_img, thr.z_threshold, defs.main_img, mask_img)
-    fdmn.plot_z_with_dmn_contours(z_img, defs.main_img,
-                                  w.fig("dmn.contours", f"contrast-{contrast.entity}_desc-dmncontours_statmap.png"),
-                                  threshold=thr.z_threshold, bg_img=bg_img)
+    w.draw(fdmn.plot_z_with_dmn_contours, z_img, defs.main_img,
+           w.fig("dmn.contours", f"contrast-{contrast.entity}_desc-dmncontours_statmap.png"),
+           threshold=thr.z_threshold, bg_img=bg_img)
     return {"available": True, "source": defs.network_source, "threshold_label": thr.label,
             "z_threshold": thr.z_threshold, "n_dmn": ov.n_dmn, "n_below": ov.n_suprathreshold,
             "n_overlap": ov.n_overlap, "share_dmn_below": ov.share_dmn_below,
@@ -347,15 +397,30 @@ def _dmn_overlap(config: Config, z_img, mask_img, contrast: ContrastResult, w, b
 class _Writer:
     """Writes figures and derivative maps into the staging folder and records their relative paths."""
 
-    def __init__(self, stage: Path):
+    def __init__(self, stage: Path, pool=None):
         self.stage = stage
+        self.pool = pool
         self.figures: dict[str, str] = {}
+
+    def draw(self, func, *args, **kwargs):
+        """Draw a figure in a worker process (or here when there is no pool); files are identical either way."""
+        if self.pool is None:
+            return func(*args, **kwargs)
+        return self.pool.submit(func, *args, **kwargs)
 
     def fig(self, role: str, filename: str) -> Path:
         self.figures[role] = f"figures/{filename}"
         return self.stage / "figures" / filename
 
+    def wait(self) -> None:
+        """Wait for every figure drawn in a worker; re-raise the first drawing error."""
+        if self.pool is not None:
+            _step("finishing the figures")
+            self.pool.results()
+
     def derivative(self, img, filename: str, sidecar: dict) -> str:
+        import nibabel as nib
+
         nib.save(img, self.stage / "derivatives" / filename)
         (self.stage / "derivatives" / filename.replace(".nii.gz", ".json")).write_text(
             json.dumps(sidecar, indent=1, sort_keys=True))
@@ -383,6 +448,7 @@ def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, dire
                     space: str, atlases, bg_img, vector=(), effect_img=None, truth=None,
                     extra_sidecar: dict | None = None) -> ContrastResult:
     """Thresholds, labelled cluster table, derivative maps and map figures of one contrast's z map."""
+    from . import glm, inference
     from .figures import maps as fmaps
 
     ent = glm.entity(name)
@@ -422,13 +488,12 @@ def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, dire
     z = z_img.get_fdata()[np.asarray(mask_img.dataobj) > 0]
 
     if effect_img is not None:
-        fmaps.plot_map(effect_img, w.fig(f"{name}.effect", f"contrast-{ent}_stat-effect_statmap.png"),
-                       bg_img=bg_img, colorbar_label="% signal change" if config.glm.signal_scaling == 0
-                       else "effect")
-    fmaps.plot_map(z_img, w.fig(f"{name}.z", f"contrast-{ent}_stat-z_statmap.png"), bg_img=bg_img,
-                   colorbar_label="z")
-    fmaps.plot_glass(primary_img, w.fig(f"{name}.glass", f"contrast-{ent}_desc-glass_statmap.png"))
-    fmaps.plot_threshold_panel(
+        w.draw(fmaps.plot_map, effect_img, w.fig(f"{name}.effect", f"contrast-{ent}_stat-effect_statmap.png"),
+               bg_img=bg_img, colorbar_label="% signal change" if config.glm.signal_scaling == 0 else "effect")
+    w.draw(fmaps.plot_map, z_img, w.fig(f"{name}.z", f"contrast-{ent}_stat-z_statmap.png"), bg_img=bg_img,
+           colorbar_label="z")
+    w.draw(fmaps.plot_glass, primary_img, w.fig(f"{name}.glass", f"contrast-{ent}_desc-glass_statmap.png"))
+    w.draw(fmaps.plot_threshold_panel,
         {k: img for k, (img, _) in thr.items()}, {k: r.label for k, (_, r) in thr.items()},
         {k: f"{r.n_pos} + / {r.n_neg} \u2212 voxels" for k, (_, r) in thr.items()},
         w.fig(f"{name}.thresholds", f"contrast-{ent}_desc-thresholds_statmap.png"))
@@ -463,9 +528,9 @@ def _preprocess(config: Config, run: data.Run, w: _Writer) -> tuple[data.Run, di
         raise data.DataError(f"{config.source}: both preprocessing.smoothing_fwhm and glm.smoothing_fwhm are set; "
                              "the data would be smoothed twice: set one of them to 0")
     try:
+        import ants  # noqa: F401  (antspyx: is ANTs installed?)
+
         from . import preprocess as pp
-        pp.ants_version()
-        import ants  # noqa: F401
     except ImportError:
         reason = "ANTs (the antspyx package) is not installed: pip install \"analysis[preprocess]\""
         if cfg.mode == "on":
@@ -486,15 +551,15 @@ def _preprocess(config: Config, run: data.Run, w: _Writer) -> tuple[data.Run, di
                       float_format="%.6g")
     from .figures import qc
 
-    qc.plot_motion(pre.motion, pre.fd, w.fig("qc.motion", "desc-motion_qc.png"), fd_threshold=params.fd_threshold,
-                   t_r=run.t_r)
-    qc.plot_registration(pre.mean_img, pre.template_img, w.fig("qc.normalisation", "desc-normalisation_qc.png"),
-                         overlay="contours", title="MNI152 template contours over the normalised mean image")
-    qc.plot_registration(pre.coregistration.warped_img, pre.anat_img,
-                         w.fig("qc.coregistration", "desc-coregistration_qc.png"), overlay="edges",
-                         title="Anatomical edges over the coregistered mean functional image")
-    qc.plot_carpet(pre.realigned_img, w.fig("qc.carpet", "desc-carpet_qc.png"), t_r=run.t_r, fd=pre.fd,
-                   fd_threshold=params.fd_threshold)
+    w.draw(qc.plot_motion, pre.motion, pre.fd, w.fig("qc.motion", "desc-motion_qc.png"),
+           fd_threshold=params.fd_threshold, t_r=run.t_r)
+    w.draw(qc.plot_registration, pre.mean_img, pre.template_img, w.fig("qc.normalisation", "desc-normalisation_qc.png"),
+           overlay="contours", title="MNI152 template contours over the normalised mean image")
+    w.draw(qc.plot_registration, pre.coregistration.warped_img, pre.anat_img,
+           w.fig("qc.coregistration", "desc-coregistration_qc.png"), overlay="edges",
+           title="Anatomical edges over the coregistered mean functional image")
+    w.draw(qc.plot_carpet, pre.realigned_img, w.fig("qc.carpet", "desc-carpet_qc.png"), t_r=run.t_r, fd=pre.fd,
+           fd_threshold=params.fd_threshold)
     w.derivative(pre.mean_img, "space-MNI152NLin2009cAsym_desc-mean_bold.nii.gz",
                  {"Description": "mean of the preprocessed run", "Space": "MNI152NLin2009cAsym"})
     info = {"ran": True, "space": "MNI152NLin2009cAsym", "native_space": run.space,
@@ -518,7 +583,7 @@ def _plain(d):
     return d
 
 
-def _calibrate(config: Config, bold, design, mask_img, model, fig) -> dict:
+def _calibrate(config: Config, bold, design, mask_img, model, w) -> dict:
     """Calibration of the main contrast's z map (and of the reference noise model, for comparison)."""
     from .calibration import calibrate
     from .figures.calibration import plot_calibration
@@ -528,22 +593,24 @@ def _calibrate(config: Config, bold, design, mask_img, model, fig) -> dict:
     _step(f"calibration of the {config.glm.noise_model} z map ({cal_cfg.n_null} null designs)")
     main = calibrate(bold, design, mask_img, contrast=expr, t_r=config.glm.t_r, n_null=cal_cfg.n_null,
                      tolerance=cal_cfg.tolerance, model=model)
-    plot_calibration(main, fig("calibration", "desc-calibration_zdist.png"))
+    w.draw(plot_calibration, main, w.fig("calibration", "desc-calibration_zdist.png"))
     out = {"main": main.to_dict(), "reference": None, "contrast": name}
     if cal_cfg.reference_model and cal_cfg.reference_model != config.glm.noise_model:
         _step(f"calibration of the reference {cal_cfg.reference_model} model")
-        ref_cfg = config.replace(glm={"noise_model": cal_cfg.reference_model})
-        ref_model = glm.fit(bold, design, ref_cfg, mask_img=mask_img)
         ref = calibrate(bold, design, mask_img, contrast=expr, t_r=config.glm.t_r, n_null=cal_cfg.reference_n_null,
-                        tolerance=cal_cfg.tolerance, model=ref_model)
-        plot_calibration(ref, fig("calibration_reference", "desc-calibrationreference_zdist.png"))
+                        tolerance=cal_cfg.tolerance, noise_model=cal_cfg.reference_model, data_model=model,
+                        rho_fwhm=config.glm.rho_fwhm or None)  # reuses the main model's masked data
+        w.draw(plot_calibration, ref, w.fig("calibration_reference", "desc-calibrationreference_zdist.png"))
         out["reference"] = ref.to_dict()
     return out
 
 
-def _dmn(config: Config, run, bold, design, maps, contrast: ContrastResult, mask_img, stage: Path, fig,
+def _dmn(config: Config, run, bold, design, maps, contrast: ContrastResult, mask_img, stage: Path, w,
          bg_img) -> dict:
     """The Default Mode Network analysis of the main contrast, its images and figures."""
+    import nibabel as nib
+
+    fig = w.fig
     from .dmn import analyse_dmn
     from .figures import dmn as fdmn
 
@@ -562,21 +629,22 @@ def _dmn(config: Config, run, bold, design, maps, contrast: ContrastResult, mask
     ent = contrast.entity
     if images.get("dmn_mask") is not None:
         nib.save(images["dmn_mask"], stage / "derivatives" / "desc-dmn_mask.nii.gz")
-        fdmn.plot_dmn_map(images["dmn_mask"], fig("dmn.map", "desc-dmn_map.png"),
-                          schaefer_mask_img=images.get("schaefer_mask"))
-        fdmn.plot_z_with_dmn_contours(maps.z_img, images["dmn_mask"],
-                                      fig("dmn.contours", f"contrast-{ent}_desc-dmncontours_statmap.png"),
-                                      threshold=thr.z_threshold, bg_img=bg_img)
+        w.draw(fdmn.plot_dmn_map, images["dmn_mask"], fig("dmn.map", "desc-dmn_map.png"),
+               schaefer_mask_img=images.get("schaefer_mask"))
+        w.draw(fdmn.plot_z_with_dmn_contours, maps.z_img, images["dmn_mask"],
+               fig("dmn.contours", f"contrast-{ent}_desc-dmncontours_statmap.png"),
+               threshold=thr.z_threshold, bg_img=bg_img)
     if result.nodes_table is not None and not result.nodes_table.empty:
-        fdmn.plot_dmn_nodes(result.nodes_table, fig("dmn.nodes", "desc-dmnnodes_glass.png"),
-                            control=result.control_table)
-        fdmn.plot_roi_effects(result.nodes_table, fig("dmn.effects", f"contrast-{ent}_desc-dmnnodes_effects.png"),
-                              control_table=result.control_table, network=result.network,
-                              control_network=result.control_network, alpha=config.inference.alpha)
+        w.draw(fdmn.plot_dmn_nodes, result.nodes_table, fig("dmn.nodes", "desc-dmnnodes_glass.png"),
+               control=result.control_table)
+        w.draw(fdmn.plot_roi_effects, result.nodes_table,
+               fig("dmn.effects", f"contrast-{ent}_desc-dmnnodes_effects.png"),
+               control_table=result.control_table, network=result.network,
+               control_network=result.control_network, alpha=config.inference.alpha)
     if images.get("seed_z") is not None:
         nib.save(images["seed_z"], stage / "derivatives" / "desc-pccseed_stat-z_statmap.nii.gz")
-        fdmn.plot_seed_map(images["seed_z"], fig("dmn.seed", "desc-pccseed_stat-z_statmap.png"),
-                           threshold=thr.z_threshold, dmn_mask_img=images.get("dmn_mask"), bg_img=bg_img)
+        w.draw(fdmn.plot_seed_map, images["seed_z"], fig("dmn.seed", "desc-pccseed_stat-z_statmap.png"),
+               threshold=thr.z_threshold, dmn_mask_img=images.get("dmn_mask"), bg_img=bg_img)
     return out
 
 

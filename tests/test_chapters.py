@@ -1,7 +1,6 @@
 """Every chapter's Python cells run in a fresh kernel, in order; references and citations resolve."""
 
 import os
-from pathlib import Path
 
 import pytest
 

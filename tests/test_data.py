@@ -1,6 +1,5 @@
 import nibabel as nib
 import numpy as np
-import pandas as pd
 import pytest
 
 from analysis.data import DataError, check_bold, check_events

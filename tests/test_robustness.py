@@ -1,6 +1,5 @@
 """Bad input gives one-line errors; interrupted and concurrent runs lose nothing; runs are repeatable."""
 
-import gzip
 import os
 import signal
 import subprocess

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
-from pathlib import Path
+
 from typing import Any
 
 __all__ = ["FigurePool", "draw_all", "default_n_jobs"]
