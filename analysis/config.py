@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "DataConfig", "BIDSConfig", "StatMapConfig", "GLMConfig", "InferenceConfig", "OutputConfig",
+__all__ = ["config_path", "read_toml", "ConfigError", "DataConfig", "BIDSConfig", "StatMapConfig", "GLMConfig", "InferenceConfig", "OutputConfig",
            "SimulationConfig", "CalibrationConfig", "DMNConfig", "PreprocessingConfig", "Config", "load_config", "DEFAULT_CONFIG_PATH"]
 
 DEFAULT_CONFIG_PATH = Path("analysis.toml")
@@ -261,6 +261,25 @@ class Config:
         return Config.from_dict(d, source=self.source or "config")
 
 
+def config_path(path: str | Path | None = None) -> Path | None:
+    """The config file to read: ``path``, else ``$ANALYSIS_CONFIG``, else ``analysis.toml`` if it exists."""
+    if path is None and os.environ.get("ANALYSIS_CONFIG"):
+        path = os.environ["ANALYSIS_CONFIG"]
+    if path is None:
+        return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+    return Path(path)
+
+
+def read_toml(path: Path, error: type[Exception] = ValueError) -> dict[str, Any]:
+    """Parse a TOML file; a missing file or bad syntax raises ``error`` with a one-line message."""
+    if not path.exists():
+        raise error(f"{path}: config file not found; pass an existing TOML file or omit it for the defaults")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+
+
 def load_config(path: str | Path | None = None) -> Config:
     """Read and validate a TOML config file.
 
@@ -279,19 +298,10 @@ def load_config(path: str | Path | None = None) -> Config:
     ConfigError
         One line naming the file, the key and the fix.
     """
-    if path is None and os.environ.get("ANALYSIS_CONFIG"):
-        path = os.environ["ANALYSIS_CONFIG"]
+    path = config_path(path)
     if path is None:
-        if not DEFAULT_CONFIG_PATH.exists():
-            return Config(source="defaults")
-        path = DEFAULT_CONFIG_PATH
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: config file not found; pass an existing TOML file or omit it for the defaults")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+        return Config(source="defaults")
+    data = read_toml(path, ConfigError)
     return Config.from_dict(data, source=str(path))
 
 

@@ -32,7 +32,6 @@ import platform
 import re
 import subprocess
 import sys
-import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,7 +48,6 @@ __all__ = ["Author", "ReportMetadata", "MetadataError", "from_toml", "to_quarto"
 
 METADATA_FILE = Path("_report-metadata.yml")
 DEFAULT_TITLE = "Listening vs rest: a first-level fMRI report"
-DEFAULT_CONFIG_PATH = Path("analysis.toml")
 
 _ORCID_RE = re.compile(r"^(?:https?://orcid\.org/)?(\d{4}-\d{4}-\d{4}-\d{3}[\dX])$")
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -195,19 +193,12 @@ def from_toml(path: str | Path | None = None) -> ReportMetadata:
     MetadataError
         One line naming the file, the key and the fix.
     """
-    if path is None and os.environ.get("ANALYSIS_CONFIG"):
-        path = os.environ["ANALYSIS_CONFIG"]
+    from .config import config_path, read_toml
+
+    path = config_path(path)
     if path is None:
-        if not DEFAULT_CONFIG_PATH.exists():
-            return ReportMetadata()
-        path = DEFAULT_CONFIG_PATH
-    path = Path(path)
-    if not path.exists():
-        raise MetadataError(f"{path}: config file not found")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise MetadataError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+        return ReportMetadata()
+    data = read_toml(path, MetadataError)
     if "report" not in data:
         return ReportMetadata(source=str(path))
     return ReportMetadata.from_dict(data["report"], source=str(path))

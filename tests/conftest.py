@@ -20,6 +20,14 @@ SHARED_NILEARN_DATA = PROJECT.parent / "shared" / "nilearn_data"
 if "NILEARN_DATA" not in os.environ and SHARED_NILEARN_DATA.exists():
     os.environ["NILEARN_DATA"] = str(SHARED_NILEARN_DATA)
 
+def atlas_dir(subfolder: str) -> Path | None:
+    """The nilearn data folder holding ``subfolder`` (NILEARN_DATA, else ../shared/nilearn_data), or None."""
+    for cand in (os.environ.get("NILEARN_DATA"), SHARED_NILEARN_DATA):
+        if cand and (Path(cand) / subfolder).is_dir():
+            return Path(cand)
+    return None
+
+
 SHAPE = (7, 8, 9)
 T_R = 7.0
 N_SCANS = 84

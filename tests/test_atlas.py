@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import atlas_dir
 
 from analysis import atlas
 
 MNI = "MNI152NLin2009cAsym"
 
 
-def _data_dir() -> Path | None:
-    for cand in (os.environ.get("NILEARN_DATA"), Path(__file__).resolve().parents[2] / "shared" / "nilearn_data"):
-        if cand and (Path(cand) / "fsl").is_dir():
-            return Path(cand)
-    return None
-
-
-DATA_DIR = _data_dir()
+DATA_DIR = atlas_dir("fsl")
 needs_atlases = pytest.mark.skipif(DATA_DIR is None, reason="atlas folder not found: set NILEARN_DATA or "
                                                             "provide ../shared/nilearn_data")
 

@@ -8,8 +8,6 @@ slow fluctuation in the DMN and, in the planted case, a -1 % response in every Y
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import matplotlib
 
@@ -18,6 +16,7 @@ matplotlib.use("Agg")
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from conftest import atlas_dir  # noqa: E402
 import pytest  # noqa: E402
 
 from analysis import dmn, text  # noqa: E402
@@ -27,14 +26,7 @@ ONSETS = [42, 126, 210, 294, 378, 462, 546]
 T_R, N_SCANS = 7.0, 84
 
 
-def _data_dir() -> Path | None:
-    for cand in (os.environ.get("NILEARN_DATA"), Path(__file__).resolve().parents[2] / "shared" / "nilearn_data"):
-        if cand and (Path(cand) / "yeo_2011").is_dir():
-            return Path(cand)
-    return None
-
-
-DATA_DIR = _data_dir()
+DATA_DIR = atlas_dir("yeo_2011")
 pytestmark = pytest.mark.skipif(DATA_DIR is None, reason="atlas folder not found: set NILEARN_DATA or "
                                                          "provide ../shared/nilearn_data")
 
