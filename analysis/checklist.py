@@ -145,9 +145,10 @@ def checklist(res: Results) -> pd.DataFrame:
     add(s, "Peak table", f"{len(c.peaks())} clusters with peak coordinates, z, p and size; sub-peaks "
         f"\u2265 {cfg.inference.min_distance:g} mm apart")
     add(s, "Coordinate space", f"{ds.space} (world coordinates, mm)")
-    labels = [col.replace("Label: ", "") for col in c.clusters.columns if col.startswith("Label")]
-    if labels:
-        add(s, "Anatomical labels of peaks", ", ".join(labels))
+    atlases = [col for col in ("Harvard-Oxford cortical", "Harvard-Oxford subcortical") if col in c.clusters.columns]
+    if atlases:
+        add(s, "Anatomical labels of peaks", " and ".join(atlases) + " atlases (cortical label first), with each "
+            "cluster's share per region")
     elif not ds.space.startswith("MNI"):
         add(s, "Anatomical labels of peaks", "scanner space: no atlas labels", NOT_APPLICABLE)
     else:

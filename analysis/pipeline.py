@@ -514,8 +514,8 @@ def _preprocess(config: Config, run: data.Run, w: _Writer) -> tuple[data.Run, di
 
     cfg = config.preprocessing
     if cfg.mode == "off" or (cfg.mode == "auto" and run.space != "native"):
-        why = ("switched off (preprocessing.mode = \"off\")" if cfg.mode == "off"
-               else f"not needed: the data are already in {run.space} space")
+        why = ("it is switched off (preprocessing.mode = \"off\")" if cfg.mode == "off"
+               else f"the data are already in {run.space} space")
         return run, {"ran": False, "reason": why, "space": run.space}
     if run.anat_img is None:
         reason = "no anatomical image comes with the run, so it cannot be normalised to MNI152"

@@ -77,7 +77,7 @@ def clusters(c: ContrastResult, sign: str | None = None, max_rows: int | None = 
         "Cluster": t["Cluster ID"].astype(str).map(lambda s: s if s.isdigit() else f"\u2003{s}"),
         "Peak (x, y, z) mm": [text.fmt_mni(xyz).replace(" mm", "") for xyz in t[["X", "Y", "Z"]].to_numpy()],
         "z": t["Peak Stat"].map(text.fmt_z),
-        "p": t["Peak p"].map(lambda p: text.fmt_p(p).replace("p ", "")),
+        "p": t["Peak p"].map(text.fmt_p_cell),
         "Size (voxels)": t["Cluster Size (voxels)"].map(_int_or_blank),
         "Size (mm\u00b3)": t["Cluster Size (mm3)"].map(_int_or_blank),
     })
@@ -136,7 +136,7 @@ def dmn_networks(d) -> pd.DataFrame:
         rows.append({"Network": label, "Voxels": f"{nt.n_voxels:,}",
                      "Effect (% signal)": text.fmt_num(nt.effect, 3),
                      "95 % CI": f"{text.fmt_num(nt.ci_low, 3)} to {text.fmt_num(nt.ci_high, 3)}",
-                     f"t({nt.dof:g})": text.fmt_z(nt.t), "p": text.fmt_p(nt.p).replace("p ", "")})
+                     f"t({nt.dof:g})": text.fmt_z(nt.t), "p": text.fmt_p_cell(nt.p)})
     return pd.DataFrame(rows)
 
 
@@ -154,7 +154,7 @@ def dmn_nodes(d, only_significant: bool = False) -> pd.DataFrame:
         "Node": t["ROI"], "Peak (x, y, z) mm": [text.fmt_mni(v).replace(" mm", "") for v in t[["X", "Y", "Z"]].to_numpy()],
         "Label": t["Label"], "Effect (%)": t["Effect"].map(lambda v: text.fmt_num(v, 2)),
         "95 % CI": [f"{text.fmt_num(a, 2)} to {text.fmt_num(b, 2)}" for a, b in zip(t["CI Low"], t["CI High"])],
-        "t": t["t"].map(text.fmt_z), "q (FDR)": t["q"].map(lambda q: text.fmt_p(q).replace("p ", "")),
+        "t": t["t"].map(text.fmt_z), "q (FDR)": t["q"].map(text.fmt_p_cell),
     }).reset_index(drop=True)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import jinja2
 
-__all__ = ["fmt_z", "fmt_p", "fmt_mni", "fmt_k", "fmt_mm3", "fmt_pct", "fmt_num",
+__all__ = ["fmt_z", "fmt_p", "fmt_p_cell", "fmt_mni", "fmt_k", "fmt_mm3", "fmt_pct", "fmt_num",
            "fmt_list", "render", "environment"]
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -41,6 +41,11 @@ def fmt_p(value: float) -> str:
     if text == "1.000":
         text = "1"
     return f"p = {text}"
+
+
+def fmt_p_cell(value: float) -> str:
+    """A p-value for a table cell: ``< .001`` or ``.032`` (the column header says p)."""
+    return fmt_p(value).replace("p = ", "").replace("p ", "")
 
 
 def fmt_mni(coords: Sequence[float]) -> str:
