@@ -319,11 +319,18 @@ class SimulatedRun:
 # --------------------------------------------------------------------------- templates
 
 @lru_cache(maxsize=1)
+def _t1_template():
+    """The MNI152 T1 template on the 3 mm grid (the simulated run's anatomical image)."""
+    from nilearn import datasets
+
+    return datasets.load_mni152_template(resolution=_RESOLUTION_MM)
+
+
 def _templates():
     """MNI152 3 mm T1, brain mask, GM/WM probabilities (read-only arrays) and affine."""
     from nilearn import datasets
 
-    t1_img = datasets.load_mni152_template(resolution=_RESOLUTION_MM)
+    t1_img = _t1_template()
     mask = datasets.load_mni152_brain_mask(resolution=_RESOLUTION_MM).get_fdata() > 0
     gm = datasets.load_mni152_gm_template(resolution=_RESOLUTION_MM).get_fdata().astype(np.float32)
     wm = datasets.load_mni152_wm_template(resolution=_RESOLUTION_MM).get_fdata().astype(np.float32)
@@ -648,7 +655,7 @@ def load_simulated(out_dir) -> SimulatedRun:
         raise FileNotFoundError(f"{events_path}: missing from the simulated dataset; regenerate it")
     events = pd.read_csv(events_path, sep="\t", dtype={"onset": float, "duration": float, "trial_type": str})
     return SimulatedRun(bold_img=read("bold", np.float32), events=events, t_r=float(meta["t_r"]),
-                        mask_img=truth.brain_mask_img, anat_img=_templates()[0], truth=truth,
+                        mask_img=truth.brain_mask_img, anat_img=_t1_template(), truth=truth,
                         params=params)
 
 
