@@ -177,8 +177,7 @@ def _load_spm_auditory(config: Config) -> Run:
     files[Path(bunch.events).name] = str(bunch.events)
     return Run(bold_img=bold_img, events=events, t_r=float(bunch.t_r), dataset="spm_auditory", space="native",
                anat_img=anat_img, files=files, t_r_source="nilearn's fetch_spm_auditory",
-               description="the SPM auditory single-subject dataset (MoAEpilot, @spm_auditory), "
-                           "fetched with nilearn")
+               description="the SPM auditory single-subject dataset (MoAEpilot), fetched with nilearn")
 
 
 def _load_simulated(config: Config, cache_dir: Path, fallback_reason: str = "") -> Run:

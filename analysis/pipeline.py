@@ -661,6 +661,10 @@ def _check_t_r(run: data.Run, config: Config) -> float:
                              f"glm.t_r = {wanted:g} s in the config; set glm.t_r to the acquisition TR (or 0 to "
                              "take it from the data)")
     if t_r_header > 0 and not np.isclose(t_r_header, run.t_r, rtol=1e-3):
+        if units not in ("sec", "msec"):  # converters often leave pixdim[4] = 1 with unknown time units
+            log.warning("%s: the header's pixdim[4] = %g has no time unit; using TR = %g s from %s", source,
+                        t_r_header, run.t_r, run.t_r_source or "the dataset")
+            return 0.0
         raise data.DataError(f"{source}: the image header says TR = {t_r_header:g} s but the TR from "
                              f"{run.t_r_source or 'the config'} is {run.t_r:g} s; fix the header's pixdim[4] "
                              "or the sidecar")

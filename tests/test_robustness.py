@@ -72,6 +72,10 @@ def test_tr_in_config_must_match_header(bold_img, events):
         _check_t_r(_run(img, events), Config())
     with pytest.raises(data.DataError, match=r"is 7 s but glm.t_r = 2.5 s in the config"):
         _check_t_r(_run(bold_img, events), Config().replace(glm={"t_r": 2.5}))
+    unitless = nib.Nifti1Image(np.asarray(bold_img.dataobj), bold_img.affine, bold_img.header.copy())
+    unitless.header.set_zooms((3.0, 3.0, 3.0, 1.0))
+    unitless.header.set_xyzt_units("mm", "unknown")  # pixdim[4] without a time unit: not a TR, only a warning
+    assert _check_t_r(_run(unitless, events), Config()) == 0.0
 
 
 @pytest.mark.parametrize("toml, message", [
