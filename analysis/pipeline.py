@@ -514,7 +514,7 @@ def _preprocess(config: Config, run: data.Run, w: _Writer) -> tuple[data.Run, di
 
     cfg = config.preprocessing
     if cfg.mode == "off" or (cfg.mode == "auto" and run.space != "native"):
-        why = ("it is switched off (preprocessing.mode = \"off\")" if cfg.mode == "off"
+        why = ("it is switched off in the configuration, preprocessing.mode = \"off\"" if cfg.mode == "off"
                else f"the data are already in {run.space} space")
         return run, {"ran": False, "reason": why, "space": run.space}
     if run.anat_img is None:
