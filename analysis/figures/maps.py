@@ -60,12 +60,12 @@ def plot_glass(thresholded_img, out_file, *, title: str = "", threshold: float |
 
 def plot_threshold_panel(thresholded: dict[str, object], labels: dict[str, str], counts: dict[str, str],
                          out_file) -> Path:
-    """One glass brain per threshold, stacked, each titled with its label and surviving counts."""
+    """One glass brain per threshold (sagittal and axial views), stacked, titled with label and counts."""
     n = len(thresholded)
-    fig, axes = plt.subplots(n, 1, figsize=(9, 2.6 * n))
+    fig, axes = plt.subplots(n, 1, figsize=(8.5, 2.8 * n))
     vmax = max([float(np.abs(np.asarray(img.dataobj)).max()) for img in thresholded.values()] + [1.0])
     for ax, (key, img) in zip(np.atleast_1d(axes), thresholded.items()):
-        plotting.plot_glass_brain(img, axes=ax, display_mode="lyrz", colorbar=True, plot_abs=False,
+        plotting.plot_glass_brain(img, axes=ax, display_mode="xz", colorbar=True, plot_abs=False,
                                   cmap="cold_hot", symmetric_cbar=True, vmax=vmax, threshold=1e-6,
                                   title=f"{labels[key]}: {counts[key]}")
     return save_figure(fig, out_file)
