@@ -487,11 +487,14 @@ def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, dire
         recovery = _plain({k: float(v) for k, v in simulate.recovery(thr["fdr"][0], truth).items()})
     z = z_img.get_fdata()[np.asarray(mask_img.dataobj) > 0]
 
+    peaks = clusters[clusters["Cluster ID"].astype(str).str.fullmatch(r"\d+")]
+    cut = tuple(float(v) for v in peaks.iloc[0][["X", "Y", "Z"]]) if len(peaks) else None  # slices through the top peak
     if effect_img is not None:
         w.draw(fmaps.plot_map, effect_img, w.fig(f"{name}.effect", f"contrast-{ent}_stat-effect_statmap.png"),
-               bg_img=bg_img, colorbar_label="% signal change" if config.glm.signal_scaling == 0 else "effect")
+               bg_img=bg_img, cut_coords=cut,
+               colorbar_label="% signal change" if config.glm.signal_scaling == 0 else "effect")
     w.draw(fmaps.plot_map, z_img, w.fig(f"{name}.z", f"contrast-{ent}_stat-z_statmap.png"), bg_img=bg_img,
-           colorbar_label="z")
+           cut_coords=cut, colorbar_label="z")
     w.draw(fmaps.plot_glass, primary_img, w.fig(f"{name}.glass", f"contrast-{ent}_desc-glass_statmap.png"))
     w.draw(fmaps.plot_threshold_panel,
         {k: img for k, (img, _) in thr.items()}, {k: r.label for k, (_, r) in thr.items()},

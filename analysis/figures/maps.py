@@ -35,12 +35,17 @@ def plot_contrasts(contrast_matrix: pd.DataFrame, design: pd.DataFrame, out_file
 
 def plot_map(img, out_file, *, bg_img=None, title: str = "", threshold: float | None = None, cmap="cold_hot",
              symmetric: bool = True, cut_coords=None, colorbar_label: str = "") -> Path:
-    """A stat map on orthogonal slices (unthresholded unless ``threshold`` is given)."""
+    """A stat map on orthogonal slices (unthresholded unless ``threshold`` is given).
+
+    Voxels outside the map (exact zeros) are transparent, so the background image shows around the brain.
+    """
     fig = plt.figure(figsize=(9, 3.2))
+    if threshold is None or not math.isfinite(threshold):
+        threshold = 1e-6
     kwargs = {"symmetric_cbar": True} if symmetric else {"symmetric_cbar": False}
     display = plotting.plot_stat_map(img, bg_img=bg_img, display_mode="ortho", cut_coords=cut_coords,
-                                     threshold=threshold if threshold and math.isfinite(threshold) else None,
-                                     cmap=cmap, title=title or None, figure=fig, colorbar=True, black_bg=False,
+                                     threshold=threshold, cmap=cmap, title=title or None, figure=fig,
+                                     colorbar=True, black_bg=False,
                                      draw_cross=False, **kwargs)
     if colorbar_label and getattr(display, "_cbar", None) is not None:
         display._cbar.set_label(colorbar_label)
