@@ -273,10 +273,10 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     cmat = glm.contrast_matrix(config.contrasts, design)
 
     bg_img = _background(run, bold)
-    extras["atlas"] = _atlas_info(config, run.space)
+    atlases = _label_atlases(config, run.space)
+    extras["atlas"] = _atlas_info(atlases, run.space)
 
     _step("thresholding, cluster tables and map figures")
-    atlases = _label_atlases(config, run.space)
     contrast_results = {}
     for name, m in maps.items():
         contrast_results[name] = _infer_contrast(
@@ -344,13 +344,14 @@ def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
     key = compute_cache_key(config, checksums)
     w = _Writer(stage, pool)
     bg_img = load_mni152_template(resolution=2)
-    extras: dict = {"atlas": _atlas_info(config, sm.space),
+    atlases = _label_atlases(config, sm.space)
+    extras: dict = {"atlas": _atlas_info(atlases, sm.space),
                     "statmap": {"path": sm.path, "stat": sm.stat, "dof": sm.dof, "source": sm.source,
                                 "coverage": sm.coverage, "conversion": sm.conversion}}
     _step("thresholding, cluster tables and map figures")
     contrast = _infer_contrast(
         w, config, sm.contrast, sm.contrast, sm.direction, sm.z_img, sm.mask_img, space=sm.space,
-        atlases=_label_atlases(config, sm.space), bg_img=bg_img,
+        atlases=atlases, bg_img=bg_img,
         extra_sidecar={"Source": sm.source, "SourceFile": name, "SourceStatistic": sm.stat,
                        "DegreesOfFreedom": sm.dof or None})
     if config.dmn.enabled:
@@ -427,12 +428,12 @@ class _Writer:
         return f"derivatives/{filename}"
 
 
-def _atlas_info(config: Config, space: str) -> dict:
-    if not space.startswith("MNI"):
+def _atlas_info(atlases, space: str) -> dict:
+    """Caption and unavailable atlases of the label atlases, for the report."""
+    if atlases is None:
         return {"caption": "", "unavailable": {}, "space": space}
     from .atlas import label_caption, unavailable_atlases
 
-    atlases = _label_atlases(config, space)
     return {"caption": label_caption(atlases, space), "unavailable": unavailable_atlases(atlases), "space": space}
 
 
