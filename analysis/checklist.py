@@ -82,18 +82,27 @@ def checklist(res: Results) -> pd.DataFrame:
 
     # ---------------------------------------------------------------- preprocessing
     s = "Preprocessing"
-    pre = res.extras.get("preprocessing") if isinstance(res.extras, dict) else None
-    add(s, "Analysis space", ds.space + ("" if ds.space.startswith("MNI") else " (no spatial normalisation)"))
-    motion = _describe(pre, ("realign", "realignment", "motion"))
-    if sim:
+    pre = (res.extras.get("preprocessing") if isinstance(res.extras, dict) else None) or {}
+    ran = bool(pre.get("ran"))
+    q = pre.get("context", {}) if ran else {}
+    if ran:
+        add(s, "Analysis space", f"{ds.space}: the T1w image normalised to the MNI152 template with ANTs "
+            f"({q.get('normalisation', '?')}), the run resampled once onto the {q.get('target_resolution', '?')} mm grid")
+    else:
+        add(s, "Analysis space", ds.space + ("" if ds.space.startswith("MNI") else " (no spatial normalisation)"))
+    if ran:
+        add(s, "Motion correction", f"ANTs rigid realignment to the {q.get('realign_reference', '?')} volume; "
+            f"framewise displacement mean {q.get('mean_fd', 0):.3f} mm, max {q.get('max_fd', 0):.3f} mm, "
+            f"{q.get('n_above', 0)} volumes above {q.get('fd_threshold', 0.5):g} mm")
+    elif sim:
         add(s, "Motion correction", "simulated data: no head motion", NOT_APPLICABLE)
     else:
-        add(s, "Motion correction", motion, REPORTED if motion else MISSING)
-    slice_timing = _describe(pre, ("slice_timing", "slice timing"))
-    add(s, "Slice-timing correction", slice_timing or ("simulated data" if sim else None),
-        REPORTED if slice_timing else (NOT_APPLICABLE if sim else MISSING))
-    add(s, "Spatial smoothing", f"Gaussian kernel, {m.smoothing_fwhm:g} mm FWHM" if m.smoothing_fwhm
-        else "none (0 mm FWHM)")
+        add(s, "Motion correction", f"not run here ({pre.get('reason', 'no record')})" if pre else None, MISSING)
+    add(s, "Slice-timing correction", "simulated data" if sim else "not performed",
+        NOT_APPLICABLE if sim else MISSING)
+    fwhm = float(q.get("smoothing_fwhm") or 0.0) if ran else m.smoothing_fwhm
+    add(s, "Spatial smoothing", f"Gaussian kernel, {fwhm:g} mm FWHM" + (" (after normalisation)" if ran else "")
+        if fwhm else "none (0 mm FWHM)")
     add(s, "Intensity scaling", "each voxel's time series divided by its mean (effects in % signal change)"
         if m.signal_scaling == 0 and m.signal_scaling is not False else
         ("global scaling of all voxels" if m.signal_scaling == 1 else "none"))
@@ -193,19 +202,6 @@ def missing_callout(table: pd.DataFrame) -> str:
     return ("::: {.callout-warning}\n## Items to complete before publication\n\n"
             "The results do not record these items; report them in the text (or add them to the "
             f"analysis) before submitting:\n\n{items}\n:::\n")
-
-
-def _describe(pre, keys) -> str | None:
-    """A short description of a preprocessing step recorded in ``extras['preprocessing']`` (if any)."""
-    if not isinstance(pre, dict):
-        return None
-    for key, value in pre.items():
-        if any(k in str(key).lower() for k in keys) and value:
-            if isinstance(value, dict):
-                return "; ".join(f"{k}: {v}" for k, v in value.items() if not isinstance(v, (dict, list)))[:200] \
-                    or str(key)
-            return str(value)[:200]
-    return None
 
 
 def _noise(noise_model: str) -> str:

@@ -57,9 +57,14 @@ def test_real_data_without_motion_correction_is_flagged(sim_results):
     if not any(col.startswith("Label") for col in sim_results.contrast().clusters.columns):
         assert _item(t, "Anatomical labels of peaks")["Status"] == cl.NOT_APPLICABLE  # scanner space
 
-    res = dataclasses.replace(res, extras={"preprocessing": {"realignment": {"reference": "mean", "dof": 6}}})
-    row = _item(cl.checklist(res), "Motion correction")
-    assert row["Status"] == cl.REPORTED and "mean" in row["Value"]
+    pre = {"ran": True, "context": {"realign_reference": "mean", "mean_fd": 0.12, "max_fd": 0.9, "n_above": 2,
+                                    "fd_threshold": 0.5, "normalisation": "Affine", "target_resolution": 3,
+                                    "smoothing_fwhm": 6.0}}
+    t = cl.checklist(dataclasses.replace(res, extras={"preprocessing": pre}))
+    row = _item(t, "Motion correction")
+    assert row["Status"] == cl.REPORTED and "mean volume" in row["Value"] and "max 0.900 mm" in row["Value"]
+    assert _item(t, "Spatial smoothing")["Value"] == "Gaussian kernel, 6 mm FWHM (after normalisation)"
+    assert "ANTs (Affine)" in _item(t, "Analysis space")["Value"]
 
 
 @pytest.mark.parametrize("primary, status", [("fpr", cl.MISSING), ("z3", cl.MISSING),
