@@ -252,6 +252,7 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     w = _Writer(stage, pool)
     fig = w.fig
     extras: dict = {}
+    raw = run  # as acquired: the data chapter describes it; preprocessing may move it to MNI space
     run, extras["preprocessing"] = _preprocess(config, run, w)
     bold = run.bold_img
 
@@ -298,19 +299,21 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     w.draw(fmaps.plot_contrasts, cmat, design, fig("contrasts", "desc-contrasts_matrix.png"))
     from nilearn.image import mean_img
 
-    mean = mean_img(bold, copy_header=True)
-    w.draw(fmaps.plot_volumes, bold.slicer[..., :4], fig("volumes", "desc-firstvolumes_bold.png"))
+    raw_bold = raw.bold_img
+    mean = mean_img(raw_bold, copy_header=True)
+    w.draw(fmaps.plot_volumes, raw_bold.slicer[..., :4], fig("volumes", "desc-firstvolumes_bold.png"))
     w.draw(fmaps.plot_image, mean, fig("mean", "desc-mean_bold.png"))
-    if run.anat_img is not None:
-        w.draw(fmaps.plot_image, run.anat_img, fig("anat", "desc-anat_T1w.png"))
+    if raw.anat_img is not None:
+        w.draw(fmaps.plot_image, raw.anat_img, fig("anat", "desc-anat_T1w.png"))
 
-    arr = np.asarray(bold.dataobj)
+    arr = np.asarray(raw_bold.dataobj)
     dataset = DatasetInfo(
         dataset=run.dataset, description=run.description, space=run.space, is_simulated=run.is_simulated,
-        fallback_reason=run.fallback_reason, shape=tuple(int(s) for s in bold.shape),
-        voxel_size=tuple(float(z) for z in bold.header.get_zooms()[:3]), dtype=str(bold.get_data_dtype()),
+        fallback_reason=run.fallback_reason, shape=tuple(int(s) for s in raw_bold.shape),
+        voxel_size=tuple(float(z) for z in raw_bold.header.get_zooms()[:3]), dtype=str(raw_bold.get_data_dtype()),
         value_min=float(arr.min()), value_max=float(arr.max()), n_scans=run.n_scans, t_r=run.t_r,
-        t_r_header=t_r_header, has_anat=run.anat_img is not None, events=run.events, t_r_source=run.t_r_source,
+        t_r_header=t_r_header, has_anat=raw.anat_img is not None, events=run.events, t_r_source=run.t_r_source,
+        acquired_space=raw.space,
         files={n: {"path": str(Path(p).resolve()), "sha256": checksums[n]} for n, p in sorted(run.files.items())})
     drift_cols = [c for c in design.columns if c.startswith("drift") or c.startswith("cosine")]
     model_info = ModelInfo(

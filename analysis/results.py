@@ -68,6 +68,7 @@ class DatasetInfo:
     events: pd.DataFrame
     files: dict[str, dict[str, str]]  # name -> {"path": ..., "sha256": ...}
     t_r_source: str = ""  # where the TR came from (BIDS sidecar, fetcher, header, simulation)
+    acquired_space: str = ""  # space of the images as acquired ("native" when preprocessing normalised them)
 
     @property
     def conditions(self) -> list[str]:
@@ -206,7 +207,7 @@ class Results:
             "config": self.config.to_dict(),
             "dataset": {**{k: getattr(ds, k) for k in (
                 "dataset", "description", "space", "is_simulated", "fallback_reason", "dtype", "value_min",
-                "value_max", "n_scans", "t_r", "t_r_header", "has_anat", "files", "t_r_source")},
+                "value_max", "n_scans", "t_r", "t_r_header", "has_anat", "files", "t_r_source", "acquired_space")},
                 "shape": list(ds.shape), "voxel_size": list(ds.voxel_size), "events": df_to_records(ds.events)},
             "model": None if self.model is None else {**{k: getattr(self.model, k) for k in (
                 "noise_model", "hrf_model", "drift_model", "high_pass", "smoothing_fwhm", "signal_scaling",

@@ -30,8 +30,9 @@ def dataset_summary(ds: DatasetInfo) -> pd.DataFrame:
     """What the seed notebook inspected by hand: shape, volumes, voxel size, dtype, range, TR."""
     rows = [
         ("Dataset", ds.dataset + (" (simulated fallback)" if ds.fallback_reason else "")),
-        ("Space", ds.space),
-        ("Image shape (x, y, z, t)", " \u00d7 ".join(str(s) for s in ds.shape)),
+        ("Space", ds.space if ds.acquired_space in ("", ds.space)
+         else f"{ds.acquired_space} as acquired; {ds.space} after preprocessing"),
+        ("Image shape (x, y, z, t), as acquired", " \u00d7 ".join(str(s) for s in ds.shape)),
         ("Volumes analysed", str(ds.n_scans)),
         ("Voxel size (mm)", " \u00d7 ".join(text.fmt_num(v, 1) for v in ds.voxel_size)),
         ("Data type", ds.dtype),
