@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", choices=["spm_auditory", "simulated"], help="override data.dataset")
     parser.add_argument("--force", action="store_true", help="recompute even if cached results are valid")
     parser.add_argument("--prerender", action="store_true",
-                        help="Quarto pre-render hook: run (cached) and write _report-metadata.yml")
+                        help="Quarto pre-render hook: run (cached), write _report-metadata.yml, keep _freeze/ in step")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress messages")
     args = parser.parse_args(argv)
 
@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
 
             write_quarto_metadata(from_toml(args.config), simulated=results.dataset.is_simulated,
                                   subtitle=subtitle(results))
+            from pathlib import Path
+
+            from .freeze import sync_freeze
+            from .pipeline import _cache_dir
+
+            sync_freeze(results.cache_key, Path.cwd(), _cache_dir(config))
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
