@@ -213,8 +213,7 @@ def _noise(noise_model: str) -> str:
     entry = NOISE_MODELS.get(noise_model)
     if entry is None:
         return noise_model
-    cites = "; ".join(f"@{k}" for k in getattr(entry, "citations", ()))
-    return f"{noise_model}: {entry.description}" + (f" [{cites}]" if cites else "")
+    return f"{noise_model}: {entry.cited_description}"
 
 
 def _weights(m, name: str) -> str:

@@ -64,6 +64,12 @@ class NoiseModel:
     description: str
     citations: tuple[str, ...] = ()
 
+    @property
+    def cited_description(self) -> str:
+        """The description followed by its pandoc citations, e.g. ``an AR(1) model ... [@worsley2002]``."""
+        cites = "; ".join(f"@{k}" for k in self.citations)
+        return self.description + (f" [{cites}]" if cites else "")
+
 
 NOISE_MODELS: dict[str, NoiseModel] = {
     # descriptions are noun phrases that read after "fitted with ..."

@@ -32,7 +32,7 @@ import pandas as pd
 
 from . import __version__, data
 from .config import Config, load_config
-from .results import ContrastResult, DatasetInfo, ModelInfo, Results
+from .results import ContrastResult, DatasetInfo, ModelInfo, Results, plain
 
 __all__ = ["run", "load_results", "OUTPUT_FOLDERS", "compute_cache_key"]
 
@@ -284,13 +284,12 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
             w, config, name, m.expression, glm.describe_direction(m.expression, conditions), m.z_img, mask_img,
             space=run.space, atlases=atlases, bg_img=bg_img, vector=m.vector, effect_img=m.effect_img,
             truth=run.truth)
-    figures = w.figures
 
     if config.calibration.enabled:
         extras["calibration"] = _calibrate(config, bold, design, mask.mask_img, model, w)
     if config.dmn.enabled:
         first = next(iter(contrast_results.values()))
-        extras["dmn"] = _dmn(config, run, bold, design, maps[first.name], first, mask.mask_img, stage, w, bg_img)
+        extras["dmn"] = _dmn(config, run, bold, design, maps[first.name], first, mask.mask_img, w, bg_img)
 
     _step("design and data figures")
     from .figures import maps as fmaps
@@ -326,7 +325,7 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
         mask_source=mask.source, n_excluded_nonfinite=mask.n_nonfinite, n_excluded_constant=mask.n_constant,
         contrast_matrix=cmat)
     results = Results(cache_key=key, config=config, dataset=dataset, model=model_info, contrasts=contrast_results,
-                      figures=figures, versions=_versions(), extras=extras, output_dir=str(out))
+                      figures=w.figures, versions=_versions(), extras=extras, output_dir=str(out))
     w.wait()
     (stage / RESULTS_FILE).write_text(results.to_json(), encoding="utf-8")
     log.info("analysis finished in %.1f s", time.perf_counter() - t0)
@@ -360,14 +359,15 @@ def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
     if config.dmn.enabled:
         _step("overlap with the Default Mode Network")
         extras["dmn_overlap"] = _dmn_overlap(config, sm.z_img, sm.mask_img, contrast, w, bg_img)
-    src = np.asarray(nib.load(sm.path).dataobj, dtype=np.float64)
+    src_img = nib.load(sm.path)
+    src = np.asarray(src_img.dataobj, dtype=np.float64)
     finite = src[np.isfinite(src)]
     img = sm.z_img
     dataset = DatasetInfo(
         dataset="statmap", description=f"the statistical map {name} ({sm.source})", space=sm.space,
         is_simulated=False, fallback_reason="", shape=tuple(int(v) for v in img.shape),
         voxel_size=tuple(float(v) for v in img.header.get_zooms()[:3]),
-        dtype=str(nib.load(sm.path).get_data_dtype()), value_min=float(finite.min()), value_max=float(finite.max()),
+        dtype=str(src_img.get_data_dtype()), value_min=float(finite.min()), value_max=float(finite.max()),
         n_scans=0, t_r=0.0, t_r_header=0.0, has_anat=False,
         events=pd.DataFrame(columns=["onset", "duration", "trial_type"]),
         files={name: {"path": sm.path, "sha256": checksums[name]}})
@@ -488,7 +488,7 @@ def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, dire
     if truth is not None:
         from . import simulate
 
-        recovery = _plain({k: float(v) for k, v in simulate.recovery(thr["fdr"][0], truth).items()})
+        recovery = plain({k: float(v) for k, v in simulate.recovery(thr["fdr"][0], truth).items()})
     z = z_img.get_fdata()[np.asarray(mask_img.dataobj) > 0]
 
     peaks = clusters[clusters["Cluster ID"].astype(str).str.fullmatch(r"\d+")]
@@ -570,24 +570,11 @@ def _preprocess(config: Config, run: data.Run, w: _Writer) -> tuple[data.Run, di
     w.derivative(pre.mean_img, "space-MNI152NLin2009cAsym_desc-mean_bold.nii.gz",
                  {"Description": "mean of the preprocessed run", "Space": "MNI152NLin2009cAsym"})
     info = {"ran": True, "space": "MNI152NLin2009cAsym", "native_space": run.space,
-            "context": _plain(pre.context(motion_regressors=n_motion)), "qc": _plain(pre.qc),
-            "timings": _plain(pre.timings), "motion_confounds": list(confounds.columns) if n_motion else []}
+            "context": plain(pre.context(motion_regressors=n_motion)), "qc": plain(pre.qc),
+            "timings": plain(pre.timings), "motion_confounds": list(confounds.columns) if n_motion else []}
     new = dataclasses.replace(run, bold_img=pre.bold_img, anat_img=pre.anat_mni_img, mask_img=pre.mask_img,
                               space="MNI152NLin2009cAsym", confounds=confounds)
     return new, info
-
-
-def _plain(d):
-    """JSON-safe copy of a dict of numbers, strings, lists and numpy scalars (NaN -> None)."""
-    if isinstance(d, dict):
-        return {str(k): _plain(v) for k, v in d.items()}
-    if isinstance(d, (list, tuple)):
-        return [_plain(v) for v in d]
-    if hasattr(d, "item"):
-        d = d.item()
-    if isinstance(d, float) and not np.isfinite(d):
-        return None
-    return d
 
 
 def _calibrate(config: Config, bold, design, mask_img, model, w) -> dict:
@@ -612,8 +599,7 @@ def _calibrate(config: Config, bold, design, mask_img, model, w) -> dict:
     return out
 
 
-def _dmn(config: Config, run, bold, design, maps, contrast: ContrastResult, mask_img, stage: Path, w,
-         bg_img) -> dict:
+def _dmn(config: Config, run, bold, design, maps, contrast: ContrastResult, mask_img, w, bg_img) -> dict:
     """The Default Mode Network analysis of the main contrast, its images and figures."""
     import nibabel as nib
 
@@ -635,7 +621,7 @@ def _dmn(config: Config, run, bold, design, maps, contrast: ContrastResult, mask
         return out
     ent = contrast.entity
     if images.get("dmn_mask") is not None:
-        nib.save(images["dmn_mask"], stage / "derivatives" / "desc-dmn_mask.nii.gz")
+        nib.save(images["dmn_mask"], w.stage / "derivatives" / "desc-dmn_mask.nii.gz")
         w.draw(fdmn.plot_dmn_map, images["dmn_mask"], fig("dmn.map", "desc-dmn_map.png"),
                schaefer_mask_img=images.get("schaefer_mask"))
         w.draw(fdmn.plot_z_with_dmn_contours, maps.z_img, images["dmn_mask"],
@@ -649,7 +635,7 @@ def _dmn(config: Config, run, bold, design, maps, contrast: ContrastResult, mask
                control_table=result.control_table, network=result.network,
                control_network=result.control_network, alpha=config.inference.alpha)
     if images.get("seed_z") is not None:
-        nib.save(images["seed_z"], stage / "derivatives" / "desc-pccseed_stat-z_statmap.nii.gz")
+        nib.save(images["seed_z"], w.stage / "derivatives" / "desc-pccseed_stat-z_statmap.nii.gz")
         w.draw(fdmn.plot_seed_map, images["seed_z"], fig("dmn.seed", "desc-pccseed_stat-z_statmap.png"),
                threshold=thr.z_threshold, dmn_mask_img=images.get("dmn_mask"), bg_img=bg_img)
     return out

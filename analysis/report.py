@@ -27,12 +27,11 @@ def _noise_text(res: Results) -> str:
     from .noise import NOISE_MODELS
 
     m = NOISE_MODELS[res.model.noise_model]
-    cites = f" [{'; '.join('@' + k for k in m.citations)}]" if m.citations else ""
     extra = ""
     if m.name == "ar1_bc" and res.config.glm.rho_fwhm:
         extra = (f", the autocorrelation being smoothed with a {res.config.glm.rho_fwhm:g} mm FWHM Gaussian kernel "
                  "before the correction")
-    return f"the temporal noise was modelled with {m.description}{cites}{extra}"
+    return f"the temporal noise was modelled with {m.cited_description}{extra}"
 
 
 def calibration(res: Results):

@@ -17,7 +17,7 @@ import pandas as pd
 from .config import Config
 from .inference import ThresholdResult
 
-__all__ = ["DatasetInfo", "ModelInfo", "ContrastResult", "Results", "df_to_records", "df_from_records"]
+__all__ = ["DatasetInfo", "ModelInfo", "ContrastResult", "Results", "df_to_records", "df_from_records", "plain"]
 
 
 def df_to_records(df: pd.DataFrame | None) -> dict | None:
@@ -26,7 +26,7 @@ def df_to_records(df: pd.DataFrame | None) -> dict | None:
         return None
     data = []
     for row in df.itertuples(index=False):
-        data.append([_plain(v) for v in row])
+        data.append([plain(v) for v in row])
     return {"columns": [str(c) for c in df.columns], "data": data}
 
 
@@ -37,7 +37,12 @@ def df_from_records(d: dict | None) -> pd.DataFrame | None:
     return pd.DataFrame(d["data"], columns=d["columns"])
 
 
-def _plain(v):
+def plain(v):
+    """JSON-safe copy of a value, dict or list: numpy scalars to Python, NaN/inf/NA to ``None``."""
+    if isinstance(v, dict):
+        return {str(k): plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
     if v is None or v is pd.NA:
         return None
     if hasattr(v, "item"):

@@ -53,11 +53,12 @@ def t_to_z(t: np.ndarray, dof: float) -> np.ndarray:
     return np.sign(t) * np.abs(z)
 
 
-def mni_coverage(img: nib.Nifti1Image) -> float:
+def mni_coverage(img: nib.Nifti1Image, brain: nib.Nifti1Image | None = None) -> float:
     """Share of the MNI152 brain mask (2 mm) that falls on finite, non-zero voxels of ``img``."""
-    from nilearn.datasets import load_mni152_brain_mask
+    if brain is None:
+        from nilearn.datasets import load_mni152_brain_mask
 
-    brain = load_mni152_brain_mask(resolution=2)
+        brain = load_mni152_brain_mask(resolution=2)
     ijk = np.argwhere(np.asarray(brain.dataobj) > 0)
     xyz = nib.affines.apply_affine(brain.affine, ijk)
     vox = np.rint(nib.affines.apply_affine(np.linalg.inv(img.affine), xyz)).astype(int)
@@ -92,7 +93,8 @@ def load_statmap(config: Config) -> StatMap:
     if not cfg.space.upper().startswith("MNI"):
         raise DataError(f"{cfg.path}: statmap.space = {cfg.space!r}; the report needs a map in MNI space "
                         "(atlas labels and DMN masks are in MNI): normalise the map first")
-    coverage = mni_coverage(img)
+    mni_brain = load_mni152_brain_mask(resolution=2)
+    coverage = mni_coverage(img, mni_brain)
     if coverage < MIN_COVERAGE:
         raise DataError(f"{cfg.path}: the map covers only {100 * coverage:.0f} % of the MNI152 brain; it is "
                         "probably not in MNI space (or is masked to a small region): normalise it to MNI152 first")
@@ -107,7 +109,7 @@ def load_statmap(config: Config) -> StatMap:
     else:
         z = np.where(finite, data, 0.0)
     z_img = nib.Nifti1Image(z.astype(np.float32), img.affine)
-    brain = resample_to_img(load_mni152_brain_mask(resolution=2), z_img, interpolation="nearest",
+    brain = resample_to_img(mni_brain, z_img, interpolation="nearest",
                             force_resample=True, copy_header=True)
     mask = (np.asarray(brain.dataobj) > 0) & finite
     direction = cfg.direction or f"{cfg.contrast} > baseline"
