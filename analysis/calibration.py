@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # imported where used, so that the report can read a Calibrat
     import pandas as pd
 
 from .noise import DEFAULT_NOISE_MODEL, DEFAULT_RHO_FWHM, NOISE_MODELS, NoiseModel, _blas_limited, \
-    check_noise_model, fit_first_level, fit_noise_model, model_data
+    check_noise_model, estimate_rho, fit_first_level, model_data, t_contrast_z
 
 __all__ = ["THRESHOLDS", "Calibration", "calibrate", "calibration_from_z", "empirical_null",
            "choose_null_shifts", "z_values"]
@@ -397,10 +397,9 @@ def calibrate(bold_img, design_matrix: pd.DataFrame, mask_img, *, contrast: str,
         c = np.asarray(expression_to_contrast_vector(contrast, list(design.columns)), dtype=float)
         Y = model_data(data_model)
         mask = data_model.masker_.mask_img_
-        labels, results, _ = fit_noise_model(Y, design.to_numpy(dtype=float), noise_model, mask_img=mask,
-                                             rho_fwhm=rho_fwhm, n_jobs=n_jobs)
-        z = z_values(labels, results, c)
-        del labels, results
+        X = design.to_numpy(dtype=float)
+        rho = estimate_rho(Y, X, noise_model, mask_img=mask, rho_fwhm=rho_fwhm)
+        z = t_contrast_z(Y, X, rho, c)
     else:
         if model is None:
             kwargs["minimize_memory"] = False
@@ -415,13 +414,11 @@ def calibrate(bold_img, design_matrix: pd.DataFrame, mask_img, *, contrast: str,
         shifts, corrs = choose_null_shifts(design, c, n_null, max_corr=max_corr)
         Y = model_data(model) if Y is None else Y
         X = design.to_numpy(dtype=float)
-        for k in shifts:
+        for k in shifts:  # only the null contrast's z is needed: no results object per bin
             X_null = X.copy()
             X_null[:, c != 0] = np.roll(X[:, c != 0], k, axis=0)
-            labels, results, _ = fit_noise_model(Y, X_null, noise_model, mask_img=mask, rho_fwhm=rho_fwhm,
-                                                 n_jobs=n_jobs)
-            null_z.append(z_values(labels, results, c))
-            del results
+            rho = estimate_rho(Y, X_null, noise_model, mask_img=mask, rho_fwhm=rho_fwhm)
+            null_z.append(t_contrast_z(Y, X_null, rho, c))
     return calibration_from_z(z, null_z, noise_model=noise_model, contrast=contrast, t_r=t_r,
                               null_shifts=shifts, null_shift_corr=corrs, tolerance=tolerance,
                               thresholds=thresholds, null_window=null_window)

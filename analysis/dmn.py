@@ -528,12 +528,23 @@ def _t_r(design_matrix: pd.DataFrame, t_r: float | None) -> float:
     return float(np.median(steps))
 
 
-def _seed_map(bold: _Bold, design_matrix, mask_img, seed, t_r, radius, noise_model, smoothing_fwhm, seed_name):
+def _seed_map(bold: _Bold, design_matrix, mask_img, seed, t_r, radius, noise_model, smoothing_fwhm, seed_name,
+              model=None):
     from .noise import fit_first_level
 
     series, n_vox = _seed_series(bold, seed, radius)
     design = design_matrix.copy()
     design.insert(0, seed_name, series)
+    if model is not None and smoothing_fwhm is None:  # the main model's masked, scaled data: no new fit
+        from .noise import DEFAULT_RHO_FWHM, estimate_rho, model_data, t_contrast_z
+
+        Y = model_data(model)
+        X = design.to_numpy(dtype=float)
+        rho = estimate_rho(Y, X, noise_model, mask_img=model.masker_.mask_img_,
+                           rho_fwhm=getattr(model, "rho_fwhm_", DEFAULT_RHO_FWHM))
+        con = np.zeros(X.shape[1])
+        con[0] = 1.0
+        return model.masker_.inverse_transform(t_contrast_z(Y, X, rho, con)), n_vox
     if mask_img is None:
         mask_img = nib.Nifti1Image(bold.mask.astype(np.uint8), bold.affine)
     model = fit_first_level(bold.img, design, mask_img, t_r=_t_r(design_matrix, t_r), noise_model=noise_model,
@@ -707,7 +718,7 @@ def analyse_dmn(bold_img, design_matrix: pd.DataFrame, z_img, negative_threshold
                 node_radius: float = DEFAULT_NODE_RADIUS, seed: Sequence[float] = PCC_SEED,
                 seed_radius: float = 8.0, seed_threshold: float | None = None, compute_seed: bool = True,
                 definitions: DMNDefinitions | None = None, atlases: Mapping[str, LoadedAtlas] | None = None,
-                return_images: bool = False, **fetch_kwargs):
+                return_images: bool = False, model=None, **fetch_kwargs):
     """The DMN chapter's analysis in one call.
 
     Parameters
@@ -744,6 +755,11 @@ def analyse_dmn(bold_img, design_matrix: pd.DataFrame, z_img, negative_threshold
         Already loaded DMN definitions / atlases (fetched from ``data_dir`` otherwise).
     return_images : bool
         Also return ``{"dmn_mask": ..., "schaefer_mask": ..., "seed_z": ...}`` (images, or None).
+    model : FirstLevelModel, optional
+        The main model, fitted on ``bold_img`` and ``design_matrix`` with ``noise_model`` and
+        ``minimize_memory=False`` (:func:`analysis.noise.fit_first_level`). The seed GLM then reuses its
+        masked, scaled data and computes only the seed's z map (the same map as a new fit, to rounding
+        error) instead of masking and fitting the run again.
     **fetch_kwargs
         For :func:`analysis.atlas.fetch_atlas` (``download``, ``timeout``).
 
@@ -798,7 +814,7 @@ def analyse_dmn(bold_img, design_matrix: pd.DataFrame, z_img, negative_threshold
     seed_summary = None
     if compute_seed and main is not None:
         seed_z, n_vox = _seed_map(bold, design_matrix, mask_img, seed, t_r, seed_radius, noise_model, None,
-                                  "pcc_seed")
+                                  "pcc_seed", model=model)
         thr = abs(float(seed_threshold if seed_threshold is not None else negative_threshold))
         seed_summary = SeedSummary(seed=tuple(float(v) for v in seed), radius=float(seed_radius), n_voxels=n_vox,
                                    threshold=thr, overlap=_overlap(seed_z, thr, main, mask_img))

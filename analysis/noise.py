@@ -53,7 +53,8 @@ import pandas as pd
 
 __all__ = ["NoiseModel", "NOISE_MODELS", "DEFAULT_NOISE_MODEL", "DEFAULT_RHO_FWHM",
            "CalibratedFirstLevelModel", "fit_first_level", "fit_noise_model", "check_noise_model",
-           "bias_corrected_ar1", "model_data", "run_glm_ar1", "BLAS_THREADS", "blas_threads"]
+           "bias_corrected_ar1", "model_data", "run_glm_ar1", "estimate_rho", "t_contrast_z", "BLAS_THREADS",
+           "blas_threads"]
 
 
 @dataclass(frozen=True)
@@ -175,20 +176,22 @@ def _lag1_autocorr(residuals: np.ndarray) -> np.ndarray:
 
 
 def _smooth_in_mask(values: np.ndarray, mask_img, fwhm: float) -> np.ndarray:
-    """Gaussian smoothing of a masked map, normalised by the smoothed mask (no leakage from outside)."""
-    from nilearn.masking import apply_mask, unmask
+    """Gaussian smoothing of a masked map, normalised by the smoothed mask (no leakage from outside).
+
+    ``values`` are in nilearn's masker order (the mask's nonzero voxels in C order), and so is the result.
+    """
     from scipy.ndimage import gaussian_filter
 
-    img = unmask(values, mask_img)
-    affine = img.affine
+    inside = np.asarray(mask_img.dataobj) != 0
+    affine = mask_img.affine
     voxel_size = np.sqrt(np.sum(affine[:3, :3] ** 2, axis=0))
     sigma = fwhm / np.sqrt(8 * np.log(2)) / voxel_size
-    data = np.asarray(img.get_fdata(), dtype=np.float64)
-    inside = np.asarray(unmask(np.ones_like(values), mask_img).get_fdata(), dtype=np.float64)
+    data = np.zeros(inside.shape)
+    data[inside] = values
     num = gaussian_filter(data, sigma, mode="constant")
-    den = gaussian_filter(inside, sigma, mode="constant")
+    den = gaussian_filter(inside.astype(np.float64), sigma, mode="constant")
     smooth = np.divide(num, den, out=np.zeros_like(num), where=den > 1e-8)
-    return apply_mask(img.__class__(smooth, affine), mask_img)
+    return smooth[inside]
 
 
 def _groups(codes: np.ndarray, n_groups: int) -> list[np.ndarray]:
@@ -274,6 +277,96 @@ def run_glm_ar1(Y: np.ndarray, X: np.ndarray, bins: int = 100, n_jobs: int = 1, 
     return labels, dict(zip(unique, fits, strict=True))
 
 
+def _ols_residuals(Y: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """``Y - X pinv(X) Y``: the residuals of nilearn's ``OLSModel(X).fit(Y)``, without its result object."""
+    from scipy import linalg
+
+    return Y - X @ (linalg.pinv(X) @ Y)
+
+
+def estimate_rho(Y: np.ndarray, X: np.ndarray, noise_model: str, *, mask_img=None,
+                 rho_fwhm: float | None = DEFAULT_RHO_FWHM, bins: int = 100,
+                 ols_residuals: np.ndarray | None = None) -> np.ndarray:
+    """The AR(1) coefficient each voxel is whitened with under ``noise_model``, after binning.
+
+    The same numbers :func:`fit_noise_model` returns as ``rho`` (and fits one ``ARModel`` per value of):
+    zeros for ``"ols"``, nilearn's truncated Yule-Walker estimate for ``"ar1"``, the bias-corrected
+    (smoothed or pooled) estimate rounded to ``1 / bins`` for ``"ar1_bc"`` / ``"ar1_pooled"``.
+    """
+    check_noise_model(noise_model)
+    X = np.asarray(X, dtype=np.float64)
+    if noise_model == "ols":
+        return np.zeros(Y.shape[1])
+    resid = _ols_residuals(Y, X) if ols_residuals is None else ols_residuals
+    if noise_model == "ar1":
+        ar_coef = _yule_walker_ar1(resid.T)[:, 0]
+        return (ar_coef * bins).astype(int) * 1.0 / bins  # nilearn's truncation (run_glm)
+    q = _lag1_autocorr(resid)
+    if noise_model == "ar1_pooled":
+        q = np.full_like(q, q.mean())
+    elif rho_fwhm:
+        if mask_img is None:
+            raise ValueError("ar1_bc with rho_fwhm > 0 needs the mask image to smooth the autocorrelation")
+        q = _smooth_in_mask(q, mask_img, float(rho_fwhm))
+    return np.round(bias_corrected_ar1(q, X) * bins) / bins + 0.0
+
+
+@_blas_limited
+def t_contrast_z(Y: np.ndarray, X: np.ndarray, rho: np.ndarray, contrast_vector) -> np.ndarray:
+    """z of a t contrast with every voxel whitened by its own AR(1) coefficient ``rho``.
+
+    The z values of one nilearn :class:`~nilearn.glm.regression.ARModel` fit per distinct ``rho``
+    followed by :func:`nilearn.glm.contrasts.compute_contrast` (same whitening, pseudo-inverse,
+    dispersion ``RSS / (n - p)``, variance ``c' pinv(Xw) pinv(Xw)' c x dispersion``, degrees of freedom
+    ``n - rank(X)`` and nilearn's t-to-z conversion), equal to them to rounding error, but without
+    building a results object per bin: the null designs of the calibration need only this one map.
+
+    Parameters
+    ----------
+    Y : array of shape (n_scans, n_voxels)
+    X : array of shape (n_scans, n_regressors)
+    rho : array of shape (n_voxels,)
+        AR(1) coefficient per voxel (e.g. from :func:`estimate_rho`); a few distinct values.
+    contrast_vector : array of shape (n_regressors,)
+
+    Returns
+    -------
+    array of shape (n_voxels,)
+    """
+    from nilearn.glm.contrasts import Contrast
+    from scipy import linalg
+
+    X = np.asarray(X, dtype=np.float64)
+    c = np.asarray(contrast_vector, dtype=np.float64).ravel()
+    n, p = X.shape
+    values, codes = np.unique(np.asarray(rho, dtype=np.float64), return_inverse=True)
+    codes = codes.ravel()
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(values) + 1))
+    # voxels sorted by coefficient: each bin is a contiguous block, whitened in one pass as ARModel.whiten does
+    Yw = Y[:, order]
+    Yw[1:] -= values[codes[order]] * Y[:-1, order]
+    effect_sorted = np.empty(Y.shape[1])
+    var_sorted = np.empty(Y.shape[1])
+    eps = np.abs(X).sum() * np.finfo(np.float64).eps
+    dof = n - np.linalg.matrix_rank(X, eps)
+    for g, r in enumerate(values):
+        block = slice(bounds[g], bounds[g + 1])
+        Xw = X.copy()
+        Xw[1:] -= r * X[:-1]
+        pinv = linalg.pinv(Xw)
+        yw = Yw[:, block]
+        resid = yw - Xw @ (pinv @ yw)
+        a = c @ pinv
+        effect_sorted[block] = a @ yw
+        var_sorted[block] = (a @ a) * np.einsum("tv,tv->v", resid, resid) / (n - p)
+    effect = np.empty_like(effect_sorted)
+    var = np.empty_like(var_sorted)
+    effect[order] = effect_sorted
+    var[order] = var_sorted
+    return np.asarray(Contrast(effect=effect, variance=var, dof=dof, stat_type="t").z_score(), dtype=float).ravel()
+
+
 @_blas_limited
 def fit_noise_model(Y: np.ndarray, X: np.ndarray, noise_model: str, *, mask_img=None,
                     rho_fwhm: float | None = DEFAULT_RHO_FWHM, bins: int = 100, n_jobs: int = 1,
@@ -316,18 +409,9 @@ def fit_noise_model(Y: np.ndarray, X: np.ndarray, noise_model: str, *, mask_img=
 
         labels, results = run_glm(Y, X, noise_model=noise_model, bins=bins, n_jobs=n_jobs)
         return labels, results, np.zeros(Y.shape[1])
-    if ols_residuals is None:
-        from nilearn.glm.regression import OLSModel
-
-        ols_residuals = OLSModel(X).fit(Y).residuals
-    q = _lag1_autocorr(ols_residuals)
-    if noise_model == "ar1_pooled":
-        q = np.full_like(q, q.mean())
-    elif rho_fwhm:
-        if mask_img is None:
-            raise ValueError("ar1_bc with rho_fwhm > 0 needs the mask image to smooth the autocorrelation")
-        q = _smooth_in_mask(q, mask_img, float(rho_fwhm))
-    labels, results, rho = _fit_ar1_bins(Y, X, bias_corrected_ar1(q, X), bins, n_jobs)
+    rho = estimate_rho(Y, X, noise_model, mask_img=mask_img, rho_fwhm=rho_fwhm, bins=bins,
+                       ols_residuals=ols_residuals)
+    labels, results, rho = _fit_ar1_bins(Y, X, rho, bins, n_jobs)
     return labels, results, rho
 
 
@@ -464,8 +548,19 @@ def fit_first_level(bold_img, design_matrix: pd.DataFrame, mask_img, *, t_r: flo
 def model_data(model: FirstLevelModel, run: int = 0) -> np.ndarray:
     """The masked, scaled data matrix (n_scans, n_voxels) a model was fitted on.
 
-    Needs a model fitted with ``minimize_memory=False``.
+    Needs a model fitted with ``minimize_memory=False``. The matrix is rebuilt once per fit and kept on the
+    model (the calibration asks for it several times); treat it as read-only.
     """
+    cache = model.__dict__.setdefault("_analysis_model_data", {})
+    key = (run, id(model.results_[run]))
+    if key not in cache:
+        cache.clear()
+        cache[key] = _model_data(model, run)
+        cache[key].flags.writeable = False
+    return cache[key]
+
+
+def _model_data(model: FirstLevelModel, run: int) -> np.ndarray:
     labels, results = model.labels_[run], model.results_[run]
     first = next(iter(results.values()))
     if not hasattr(first, "Y"):

@@ -32,6 +32,7 @@ import pandas as pd
 
 from . import __version__, data
 from .config import Config, load_config
+from .figures.parallel import figure_module
 from .results import ContrastResult, DatasetInfo, ModelInfo, Results, plain
 
 __all__ = ["run", "load_results", "OUTPUT_FOLDERS", "compute_cache_key"]
@@ -198,12 +199,17 @@ def _recorded_paths(results: Results) -> list[str]:
 
 @contextlib.contextmanager
 def _lock(path: Path):
+    """Exclusive lock on ``path`` for this process.
+
+    A POSIX record lock (``lockf``), not ``flock``: it belongs to this process only, so the figure workers it
+    forks do not inherit it, and it is released the moment this process ends, even if it is killed.
+    """
     with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        fcntl.lockf(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            fcntl.lockf(fh, fcntl.LOCK_UN)
 
 
 def _publish(stage: Path, out: Path) -> None:
@@ -230,8 +236,9 @@ def _compute(config: Config, stage: Path, out: Path) -> Results:
 def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     import nibabel as nib
 
-    from . import glm
+    from . import glm  # nilearn.glm: imported before the figure workers fork, so they share it
 
+    pool.start()  # the workers import the plotting modules while the data load
     t0 = time.perf_counter()
     for name in OUTPUT_FOLDERS:
         (stage / name).mkdir(parents=True)
@@ -250,9 +257,9 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     key = compute_cache_key(config, checksums)
     config = config.replace(glm={"t_r": run.t_r})  # from here on the TR is the data's (checked above)
     w = _Writer(stage, pool)
-    fig = w.fig
     extras: dict = {}
     raw = run  # as acquired: the data chapter describes it; preprocessing may move it to MNI space
+    _data_figures(w, raw)  # drawn while the analysis goes on
     run, extras["preprocessing"] = _preprocess(config, run, w)
     bold = run.bold_img
 
@@ -262,6 +269,10 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     for name, expr in config.contrasts.items():
         glm.check_contrast(expr, design, conditions, name)
     (design.rename_axis("frame_time").to_csv(stage / "tables" / "design.tsv", sep="\t", float_format="%.6g"))
+    cmat = glm.contrast_matrix(config.contrasts, design)
+    fmaps = figure_module("maps")
+    w.draw(fmaps.plot_design, design, w.fig("design", "desc-design_matrix.png"))
+    w.draw(fmaps.plot_contrasts, cmat, design, w.fig("contrasts", "desc-contrasts_matrix.png"))
 
     _step(f"fitting the GLM ({config.glm.noise_model} noise model)")
     mask = data.analysis_mask(run)
@@ -271,7 +282,6 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     model = glm.fit(bold, design, config, mask_img=mask.mask_img)
     mask_img = model.masker_.mask_img_
     maps = glm.compute_contrasts(model, design, config.contrasts, conditions)
-    cmat = glm.contrast_matrix(config.contrasts, design)
 
     bg_img = _background(run, bold)
     atlases = _label_atlases(config, run.space)
@@ -279,32 +289,19 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
 
     _step("thresholding, cluster tables and map figures")
     contrast_results = {}
-    for name, m in maps.items():
+    for i, (name, m) in enumerate(maps.items()):
         contrast_results[name] = _infer_contrast(
             w, config, name, m.expression, glm.describe_direction(m.expression, conditions), m.z_img, mask_img,
             space=run.space, atlases=atlases, bg_img=bg_img, vector=m.vector, effect_img=m.effect_img,
-            truth=run.truth)
+            truth=run.truth, viewer=i == 0)  # the downloads chapter shows the main contrast interactively
 
     if config.calibration.enabled:
         extras["calibration"] = _calibrate(config, bold, design, mask.mask_img, model, w)
     if config.dmn.enabled:
         first = next(iter(contrast_results.values()))
-        extras["dmn"] = _dmn(config, run, bold, design, maps[first.name], first, mask.mask_img, w, bg_img)
-
-    _step("design and data figures")
-    from .figures import maps as fmaps
-
-    w.draw(fmaps.plot_design, design, fig("design", "desc-design_matrix.png"))
-    w.draw(fmaps.plot_contrasts, cmat, design, fig("contrasts", "desc-contrasts_matrix.png"))
-    from nilearn.image import mean_img
+        extras["dmn"] = _dmn(config, run, bold, design, maps[first.name], first, mask.mask_img, w, bg_img, model)
 
     raw_bold = raw.bold_img
-    mean = mean_img(raw_bold, copy_header=True)
-    w.draw(fmaps.plot_volumes, raw_bold.slicer[..., :4], fig("volumes", "desc-firstvolumes_bold.png"))
-    w.draw(fmaps.plot_image, mean, fig("mean", "desc-mean_bold.png"))
-    if raw.anat_img is not None:
-        w.draw(fmaps.plot_image, raw.anat_img, fig("anat", "desc-anat_T1w.png"))
-
     arr = np.asarray(raw_bold.dataobj)
     dataset = DatasetInfo(
         dataset=run.dataset, description=run.description, space=run.space, is_simulated=run.is_simulated,
@@ -332,6 +329,17 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     return results
 
 
+def _data_figures(w: _Writer, raw: data.Run) -> None:
+    """The first volumes and the mean image of the run as acquired (and its anatomical image)."""
+    from nilearn.image import mean_img
+
+    fmaps = figure_module("maps")
+    w.draw(fmaps.plot_volumes, raw.bold_img.slicer[..., :4], w.fig("volumes", "desc-firstvolumes_bold.png"))
+    w.draw(fmaps.plot_image, mean_img(raw.bold_img, copy_header=True), w.fig("mean", "desc-mean_bold.png"))
+    if raw.anat_img is not None:
+        w.draw(fmaps.plot_image, raw.anat_img, w.fig("anat", "desc-anat_T1w.png"))
+
+
 def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
     """Inference, labelled clusters, DMN overlap and prose from an existing z or t map (no time series)."""
     import nibabel as nib
@@ -355,7 +363,7 @@ def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
         w, config, sm.contrast, sm.contrast, sm.direction, sm.z_img, sm.mask_img, space=sm.space,
         atlases=atlases, bg_img=bg_img,
         extra_sidecar={"Source": sm.source, "SourceFile": name, "SourceStatistic": sm.stat,
-                       "DegreesOfFreedom": sm.dof or None})
+                       "DegreesOfFreedom": sm.dof or None}, viewer=True)
     if config.dmn.enabled:
         _step("overlap with the Default Mode Network")
         extras["dmn_overlap"] = _dmn_overlap(config, sm.z_img, sm.mask_img, contrast, w, bg_img)
@@ -382,7 +390,7 @@ def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
 def _dmn_overlap(config: Config, z_img, mask_img, contrast: ContrastResult, w, bg_img) -> dict:
     """Without time series, the DMN can only be compared with the map by overlap."""
     from .dmn import dmn_definitions, dmn_overlap
-    from .figures import dmn as fdmn
+    fdmn = figure_module("dmn")
 
     defs = dmn_definitions(data.nilearn_data_dir(config), node_radius=config.dmn.node_radius)
     thr = contrast.primary if np.isfinite(contrast.primary.z_threshold) else contrast.threshold("fpr")
@@ -450,10 +458,10 @@ def _label_atlases(config: Config, space: str):
 
 def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, direction: str, z_img, mask_img, *,
                     space: str, atlases, bg_img, vector=(), effect_img=None, truth=None,
-                    extra_sidecar: dict | None = None) -> ContrastResult:
+                    extra_sidecar: dict | None = None, viewer: bool = False) -> ContrastResult:
     """Thresholds, labelled cluster table, derivative maps and map figures of one contrast's z map."""
     from . import glm, inference
-    from .figures import maps as fmaps
+    fmaps = figure_module("maps")
 
     ent = glm.entity(name)
     thr = inference.threshold_all(z_img, mask_img, config.inference)
@@ -500,6 +508,10 @@ def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, dire
     w.draw(fmaps.plot_map, z_img, w.fig(f"{name}.z", f"contrast-{ent}_stat-z_statmap.png"), bg_img=bg_img,
            cut_coords=cut, colorbar_label="z")
     w.draw(fmaps.plot_glass, primary_img, w.fig(f"{name}.glass", f"contrast-{ent}_desc-glass_statmap.png"))
+    if viewer:
+        w.draw(fmaps.plot_viewer, z_img, w.fig(f"{name}.viewer", f"contrast-{ent}_desc-viewer_statmap.html"),
+               mni=space.startswith("MNI"), threshold=primary.z_threshold if primary.survived else None,
+               title=f"{name}: z")
     w.draw(fmaps.plot_threshold_panel,
         {k: img for k, (img, _) in thr.items()}, {k: r.label for k, (_, r) in thr.items()},
         {k: f"{r.n_pos} + / {r.n_neg} \u2212 voxels" for k, (_, r) in thr.items()},
@@ -556,7 +568,7 @@ def _preprocess(config: Config, run: data.Run, w: _Writer) -> tuple[data.Run, di
         confounds = motion if confounds is None else pd.concat([confounds.reset_index(drop=True), motion], axis=1)
     pre.motion.to_csv(w.stage / "tables" / "desc-motion_timeseries.tsv", sep="\t", index=False,
                       float_format="%.6g")
-    from .figures import qc
+    qc = figure_module("qc")
 
     w.draw(qc.plot_motion, pre.motion, pre.fd, w.fig("qc.motion", "desc-motion_qc.png"),
            fd_threshold=params.fd_threshold, t_r=run.t_r)
@@ -580,7 +592,7 @@ def _preprocess(config: Config, run: data.Run, w: _Writer) -> tuple[data.Run, di
 def _calibrate(config: Config, bold, design, mask_img, model, w) -> dict:
     """Calibration of the main contrast's z map (and of the reference noise model, for comparison)."""
     from .calibration import calibrate
-    from .figures.calibration import plot_calibration
+    plot_calibration = figure_module("calibration").plot_calibration
 
     name, expr = next(iter(config.contrasts.items()))
     cal_cfg = config.calibration
@@ -599,13 +611,13 @@ def _calibrate(config: Config, bold, design, mask_img, model, w) -> dict:
     return out
 
 
-def _dmn(config: Config, run, bold, design, maps, contrast: ContrastResult, mask_img, w, bg_img) -> dict:
+def _dmn(config: Config, run, bold, design, maps, contrast: ContrastResult, mask_img, w, bg_img, model=None) -> dict:
     """The Default Mode Network analysis of the main contrast, its images and figures."""
     import nibabel as nib
 
     fig = w.fig
     from .dmn import analyse_dmn
-    from .figures import dmn as fdmn
+    fdmn = figure_module("dmn")
 
     thr = contrast.primary if np.isfinite(contrast.primary.z_threshold) else contrast.threshold("fpr")
     _step(f"Default Mode Network analysis ({config.glm.noise_model} noise model)")
@@ -614,7 +626,7 @@ def _dmn(config: Config, run, bold, design, maps, contrast: ContrastResult, mask
         noise_model=config.glm.noise_model, alpha=config.inference.alpha,
         data_dir=data.nilearn_data_dir(config), space=run.space, t_r=config.glm.t_r,
         node_radius=config.dmn.node_radius, seed_radius=config.dmn.seed_radius,
-        compute_seed=config.dmn.seed_map, return_images=True)
+        compute_seed=config.dmn.seed_map, return_images=True, model=model)
     out = {"result": result.to_dict(), "threshold_key": thr.key, "threshold_label": thr.label,
            "z_threshold": thr.z_threshold}
     if not result.applicable:

@@ -203,4 +203,10 @@ def test_reference_calibration_can_reuse_the_main_models_data(ar_noise, design):
     direct = calibrate(img, design, mask, contrast="listening", t_r=7.0, n_null=2, model=ref)
     reused = calibrate(img, design, mask, contrast="listening", t_r=7.0, n_null=2, noise_model="ar1",
                        data_model=main)
-    assert reused == direct
+    # the reused path computes the z map without nilearn's results objects: equal to rounding error
+    for name, value in direct.to_dict().items():
+        other = reused.to_dict()[name]
+        if isinstance(value, float) or (isinstance(value, list) and value and isinstance(value[0], float)):
+            np.testing.assert_allclose(other, value, rtol=1e-9, atol=1e-12, err_msg=name)
+        else:
+            assert other == value, name

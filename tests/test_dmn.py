@@ -164,6 +164,23 @@ def test_seed_map_follows_the_shared_dmn_fluctuation(planted):
     assert res.seed.overlap.n_suprathreshold > 100 and res.seed.overlap.share_below_in_dmn > 0.8
 
 
+@pytest.mark.parametrize("noise_model", ["ar1", "ar1_bc"])
+def test_seed_map_reusing_the_main_model_equals_a_new_fit(defs, noise_model):
+    """analyse_dmn(model=<main model>) computes the seed z map from the model's data: same map as a new fit."""
+    from analysis.noise import fit_first_level
+
+    bold, design, mask = _synthetic_run(defs, -1.0, seed=1)
+    model = fit_first_level(bold, design, mask, t_r=T_R, noise_model=noise_model, minimize_memory=False)
+    z = model.compute_contrast("listening", output_type="z_score")
+    kw = dict(contrast="listening", noise_model=noise_model, data_dir=DATA_DIR, space=MNI, t_r=T_R,
+              definitions=defs, return_images=True, download=False)
+    res_new, imgs_new = dmn.analyse_dmn(bold, design, z, 3.1, mask, **kw)
+    res_reuse, imgs_reuse = dmn.analyse_dmn(bold, design, z, 3.1, mask, model=model, **kw)
+    np.testing.assert_allclose(imgs_reuse["seed_z"].get_fdata(), imgs_new["seed_z"].get_fdata(), rtol=0, atol=1e-8)
+    assert res_reuse.seed.overlap == res_new.seed.overlap
+    assert res_reuse.seed.overlap.n_suprathreshold > 50
+
+
 def test_roi_glm_with_mask_rois(defs, planted):
     bold, design, mask = _synthetic_run(defs, -1.0)
     table = dmn.roi_glm(bold, design, {"dmn": defs.network_img}, "listening", "ols", mask_img=mask)

@@ -217,3 +217,29 @@ def test_nilearn_ar1_through_the_calibrated_class_is_nilearns_fit():
     np.testing.assert_array_equal(ours.compute_contrast("listening").get_fdata(),
                                   theirs.compute_contrast("listening").get_fdata())
     np.testing.assert_array_equal(ours.rho_[0], np.asarray(theirs.labels_[0], dtype=float))
+
+
+@pytest.mark.parametrize("noise_model", list(NOISE_MODELS))
+def test_fast_contrast_z_equals_arm_model_fits_and_compute_contrast(design, noise_model):
+    """estimate_rho + t_contrast_z (the calibration's null designs) == one ARModel per bin + compute_contrast."""
+    from nilearn.glm.contrasts import compute_contrast
+
+    from analysis.noise import estimate_rho, t_contrast_z
+
+    rho_map = np.linspace(0.0, 0.5, SHAPE[0])[:, None, None] * np.ones(SHAPE)
+    img, mask = _noise_img(rho_map, seed=3, shape=SHAPE)
+    model = fit_first_level(img, design, mask, t_r=T_R, noise_model="ols", minimize_memory=False)
+    Y = model_data(model)
+    X = design.to_numpy(float).copy()
+    X[:, 0] = np.roll(X[:, 0], 5)  # a null design, as the calibration builds them
+    c = np.zeros(X.shape[1])
+    c[0] = 1.0
+    labels, results, rho = fit_noise_model(Y, X, noise_model, mask_img=mask)
+    expected = np.asarray(compute_contrast(labels, results, c, "t").z_score()).ravel()
+    fast_rho = estimate_rho(Y, X, noise_model, mask_img=mask)
+    np.testing.assert_array_equal(fast_rho, rho)
+    if noise_model in ("ar1", "ar1_bc"):
+        assert len(np.unique(fast_rho)) > 5  # several bins were exercised
+    z = t_contrast_z(Y, X, fast_rho, c)
+    assert z.shape == expected.shape
+    np.testing.assert_allclose(z, expected, rtol=0, atol=1e-9)

@@ -119,6 +119,21 @@ def _snapshot(out: Path) -> dict[str, bytes]:
             for p in sorted((out / folder).rglob("*")) if p.is_file()}
 
 
+def _processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains ``text`` (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if text in cmdline and state != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
 def test_killed_run_leaves_previous_results_intact(tmp_path, shared_cache):
     cfg = _config(tmp_path / "out", shared_cache)
     first = run(cfg)
@@ -132,6 +147,11 @@ def test_killed_run_leaves_previous_results_intact(tmp_path, shared_cache):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert "thresholding" in seen
+    # its figure workers stop with it (they would otherwise wait for work forever)
+    deadline = time.time() + 10
+    while _processes_mentioning(str(cfg)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _processes_mentioning(str(cfg))
     assert _snapshot(tmp_path / "out") == before
     again = run(cfg)  # the cache is consistent: a hit, nothing recomputed
     assert again.cache_key == first.cache_key

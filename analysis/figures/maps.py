@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -13,7 +15,7 @@ from nilearn import plotting
 from ._base import save_figure
 
 __all__ = ["plot_design", "plot_contrasts", "plot_map", "plot_glass", "plot_threshold_panel", "plot_volumes",
-           "plot_image"]
+           "plot_image", "plot_viewer"]
 
 
 def plot_design(design: pd.DataFrame, out_file) -> Path:
@@ -94,3 +96,25 @@ def plot_image(img, out_file, *, title: str = "") -> Path:
     fig = plt.figure(figsize=(9, 3.2))
     plotting.plot_anat(img, figure=fig, title=title or None, draw_cross=False, black_bg=False, dim=-0.5)
     return save_figure(fig, out_file)
+
+
+def plot_viewer(img, out_file, *, mni: bool, threshold: float | None = None, title: str = "") -> Path:
+    """nilearn's interactive viewer of a stat map, saved as the self-contained ``<iframe>`` a notebook shows.
+
+    ``mni``: the MNI152 template as background (else none); ``threshold``: voxels below it are transparent.
+    """
+    from nilearn.plotting import view_img
+
+    view = view_img(img, bg_img="MNI152" if mni else False,
+                    threshold=threshold if threshold is not None and math.isfinite(threshold) else None,
+                    title=title or None, symmetric_cmap=True, width_view=640)
+    out_file = Path(out_file)
+    html = view.get_iframe()
+    # nilearn names the viewer's elements with a random uuid4; a name derived from the file keeps the output
+    # byte-identical from run to run
+    match = re.search(r"viewer-([0-9a-f]{32})", html)
+    if match:
+        html = html.replace(match.group(1), hashlib.md5(out_file.name.encode()).hexdigest())
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(html, encoding="utf-8")
+    return out_file

@@ -18,21 +18,74 @@ Two ways to use it::
 Arguments are pickled to the workers: pass what the figure needs (a 3D image, the first volumes
 of a 4D run), not the whole 4D run. ``n_jobs=0`` (or a single job) draws in the calling process;
 ``ANALYSIS_FIGURE_JOBS=0`` in the environment does the same for every pool.
+
+The analysis process never needs matplotlib or ``nilearn.plotting`` itself: it names the figure
+functions through :func:`figure_module` (``maps = figure_module("maps"); pool.submit(maps.plot_glass, ...)``),
+whose references are resolved where the figure is drawn. The workers import the plotting modules as
+they start (:meth:`FigurePool.start`), at a lower scheduling priority, while the analysis goes on.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 
 from typing import Any
 
-__all__ = ["FigurePool", "draw_all", "default_n_jobs"]
+__all__ = ["FigurePool", "FigureRef", "draw_all", "default_n_jobs", "figure_module"]
 
 Job = tuple[Callable[..., Any], tuple, dict]
 
 _WARM_MODULES = ("analysis.figures.maps", "analysis.figures.calibration", "analysis.figures.dmn")
+WORKER_NICENESS = 5
+"""Scheduling priority added to the drawing processes: the analysis, which they wait for anyway, runs first
+when the cores are busy, and the figures fill the idle time."""
+
+
+class FigureRef:
+    """A picklable reference to a figure function, ``analysis.figures.<module>.<name>``, imported when called."""
+
+    __slots__ = ("module", "name")
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def resolve(self) -> Callable[..., Any]:
+        import importlib
+
+        return getattr(importlib.import_module(self.module), self.name)
+
+    def __call__(self, *args, **kwargs):
+        return self.resolve()(*args, **kwargs)
+
+    def __getstate__(self):
+        return (self.module, self.name)
+
+    def __setstate__(self, state):
+        self.module, self.name = state
+
+    def __repr__(self) -> str:
+        return f"FigureRef({self.module}.{self.name})"
+
+
+class _FigureModule:
+    def __init__(self, module: str):
+        self._module = module
+
+    def __getattr__(self, name: str) -> FigureRef:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return FigureRef(self._module, name)
+
+
+def figure_module(name: str) -> _FigureModule:
+    """``figure_module("maps").plot_glass`` is a :class:`FigureRef` to ``analysis.figures.maps.plot_glass``.
+
+    Naming a figure this way does not import matplotlib in the calling process.
+    """
+    return _FigureModule(f"{__package__}.{name}")
 
 
 def default_n_jobs() -> int:
@@ -52,16 +105,40 @@ def default_n_jobs() -> int:
 
 def _start_method() -> str:
     """``fork`` where it exists (Linux, macOS): the workers start at once with the parent's imports
-    (matplotlib, nilearn.plotting) already loaded; ``spawn`` elsewhere."""
+    (numpy, nibabel, nilearn) already loaded; ``spawn`` elsewhere."""
     import multiprocessing
 
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-def _warm_up() -> None:
-    """Initializer of spawned workers: import the figure modules once per worker."""
+def _exit_with_parent(parent: int | None) -> None:
+    """Linux: have the kernel stop this worker when the analysis process dies (even by SIGKILL).
+
+    A forked worker holds both ends of the pool's pipes, so it would otherwise wait for work forever.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - no libc prctl
+        return
+    if parent is not None and os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _warm_up(parent: int | None = None) -> None:
+    """Initializer of every worker: follow the parent's death, lower the priority, import the figure modules."""
     import importlib
 
+    _exit_with_parent(parent)
+    try:
+        os.nice(WORKER_NICENESS)
+    except (AttributeError, OSError):  # pragma: no cover - not POSIX, or not allowed
+        pass
     for name in _WARM_MODULES:
         importlib.import_module(name)
 
@@ -70,19 +147,24 @@ def _call(func, args, kwargs):
     return func(*args, **kwargs)
 
 
+def _noop() -> None:
+    return None
+
+
 class FigurePool:
     """A pool of ``n_jobs`` drawing processes, started at the first :meth:`submit`.
 
     ``submit`` returns at once; :meth:`results` waits for every submitted figure, in submission
     order, and re-raises the first error. Use it as a context manager so the workers always stop.
-    The workers are forked when the first figure is submitted (the modules the figure functions need
-    are then already imported); ``start_method="spawn"`` starts clean interpreters instead.
+    The workers are forked at :meth:`start` or at the first :meth:`submit`, lower their priority and import
+    the figure modules; ``start_method="spawn"`` starts clean interpreters instead.
     """
 
     def __init__(self, n_jobs: int | None = None, start_method: str | None = None):
         self.n_jobs = default_n_jobs() if n_jobs is None else max(0, int(n_jobs))
         self.start_method = start_method or _start_method()
         self._futures: list[Future] = []
+        self._warmers: list[Future] = []
         self._executor: ProcessPoolExecutor | None = None
 
     def _pool(self) -> ProcessPoolExecutor:
@@ -90,9 +172,17 @@ class FigurePool:
             import multiprocessing
 
             ctx = multiprocessing.get_context(self.start_method)
-            init = None if self.start_method == "fork" else _warm_up
-            self._executor = ProcessPoolExecutor(max_workers=self.n_jobs, mp_context=ctx, initializer=init)
+            self._executor = ProcessPoolExecutor(max_workers=self.n_jobs, mp_context=ctx, initializer=_warm_up,
+                                                 initargs=(os.getpid(),))
         return self._executor
+
+    def start(self) -> FigurePool:
+        """Start the workers now (they import the plotting modules while the caller goes on computing)."""
+        if self.n_jobs:
+            pool = self._pool()
+            for _ in range(self.n_jobs):  # ProcessPoolExecutor starts processes lazily, one per pending job
+                self._warmers.append(pool.submit(_noop))
+        return self
 
     def submit(self, func: Callable[..., Any], *args, **kwargs) -> Future:
         """Queue ``func(*args, **kwargs)`` (drawn at once in this process when ``n_jobs == 0``)."""
