@@ -172,11 +172,18 @@ class _Bold:
         self.ijk = np.argwhere(mask)
         self.xyz = nib.affines.apply_affine(self.affine, self.ijk)
         self.Y = data[mask].T  # (n_scans, n_voxels)
+        self._tree = None
 
     def sphere(self, center, radius: float) -> np.ndarray:
-        """Column indices of the in-mask voxels within ``radius`` mm of ``center``."""
-        d2 = np.sum((self.xyz - np.asarray(center, dtype=float)) ** 2, axis=1)
-        return np.flatnonzero(d2 <= radius ** 2 + 1e-6)
+        """Column indices (increasing) of the in-mask voxels within ``radius`` mm of ``center``."""
+        if self._tree is None:  # candidates from a k-d tree, then the exact test on those only
+            from scipy.spatial import cKDTree
+
+            self._tree = cKDTree(self.xyz)
+        center = np.asarray(center, dtype=float)
+        near = np.sort(np.asarray(self._tree.query_ball_point(center, radius + 1e-3), dtype=np.intp))
+        d2 = np.sum((self.xyz[near] - center) ** 2, axis=1)
+        return near[d2 <= radius ** 2 + 1e-6]
 
     def in_mask(self, roi_img) -> np.ndarray:
         """Column indices of the in-mask voxels inside a ROI mask image."""

@@ -102,11 +102,20 @@ def blas_threads(limit: int | None = None):
     limit = BLAS_THREADS if limit is None else limit
     if not limit:
         return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits  # a dependency of scikit-learn, hence of nilearn
-    except ImportError:  # pragma: no cover
+    controller = _threadpool_controller()
+    if controller is None:  # pragma: no cover
         return contextlib.nullcontext()
-    return threadpool_limits(limits=limit, user_api="blas")
+    return controller.limit(limits=limit, user_api="blas")
+
+
+@functools.lru_cache(maxsize=1)
+def _threadpool_controller():
+    """One threadpoolctl controller per process: finding the BLAS libraries takes milliseconds per call."""
+    try:
+        from threadpoolctl import ThreadpoolController  # a dependency of scikit-learn, hence of nilearn
+    except ImportError:  # pragma: no cover
+        return None
+    return ThreadpoolController()
 
 
 def _blas_limited(func):
@@ -311,6 +320,23 @@ def estimate_rho(Y: np.ndarray, X: np.ndarray, noise_model: str, *, mask_img=Non
     return np.round(bias_corrected_ar1(q, X) * bins) / bins + 0.0
 
 
+_VOXEL_MAJOR: list = [None, None]  # weak reference to the last read-only data matrix, and its transpose
+
+
+def _voxel_major(Y: np.ndarray) -> np.ndarray:
+    """``Y.T`` as a C-contiguous (n_voxels, n_scans) array, kept for the last read-only ``Y`` (reused by the
+    null designs, which all fit the same data); rows of it are gathered much faster than columns of ``Y``."""
+    import weakref
+
+    ref, cached = _VOXEL_MAJOR
+    if ref is not None and ref() is Y:
+        return cached
+    out = np.ascontiguousarray(np.asarray(Y, dtype=np.float64).T)
+    if isinstance(Y, np.ndarray) and not Y.flags.writeable:
+        _VOXEL_MAJOR[:] = [weakref.ref(Y), out]
+    return out
+
+
 @_blas_limited
 def t_contrast_z(Y: np.ndarray, X: np.ndarray, rho: np.ndarray, contrast_vector) -> np.ndarray:
     """z of a t contrast with every voxel whitened by its own AR(1) coefficient ``rho``.
@@ -343,11 +369,12 @@ def t_contrast_z(Y: np.ndarray, X: np.ndarray, rho: np.ndarray, contrast_vector)
     codes = codes.ravel()
     order = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[order], np.arange(len(values) + 1))
-    # voxels sorted by coefficient: each bin is a contiguous block, whitened in one pass as ARModel.whiten does
-    Yw = Y[:, order]
-    Yw[1:] -= values[codes[order]] * Y[:-1, order]
-    effect_sorted = np.empty(Y.shape[1])
-    var_sorted = np.empty(Y.shape[1])
+    # voxels as rows, sorted by coefficient: each bin is a contiguous block of rows, all whitened in one pass
+    # (scan t minus rho times scan t-1, as ARModel.whiten does)
+    W = _voxel_major(Y)[order]
+    W[:, 1:] -= values[codes[order]][:, None] * W[:, :-1]
+    effect_sorted = np.empty(len(order))
+    var_sorted = np.empty(len(order))
     eps = np.abs(X).sum() * np.finfo(np.float64).eps
     dof = n - np.linalg.matrix_rank(X, eps)
     for g, r in enumerate(values):
@@ -355,11 +382,11 @@ def t_contrast_z(Y: np.ndarray, X: np.ndarray, rho: np.ndarray, contrast_vector)
         Xw = X.copy()
         Xw[1:] -= r * X[:-1]
         pinv = linalg.pinv(Xw)
-        yw = Yw[:, block]
-        resid = yw - Xw @ (pinv @ yw)
+        yw = W[block]
+        resid = yw - (yw @ pinv.T) @ Xw.T
         a = c @ pinv
-        effect_sorted[block] = a @ yw
-        var_sorted[block] = (a @ a) * np.einsum("tv,tv->v", resid, resid) / (n - p)
+        effect_sorted[block] = yw @ a
+        var_sorted[block] = (a @ a) * np.einsum("vt,vt->v", resid, resid) / (n - p)
     effect = np.empty_like(effect_sorted)
     var = np.empty_like(var_sorted)
     effect[order] = effect_sorted

@@ -295,11 +295,13 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
             space=run.space, atlases=atlases, bg_img=bg_img, vector=m.vector, effect_img=m.effect_img,
             truth=run.truth, viewer=i == 0)  # the downloads chapter shows the main contrast interactively
 
-    if config.calibration.enabled:
-        extras["calibration"] = _calibrate(config, bold, design, mask.mask_img, model, w)
+    # the DMN step before the calibration: its figures are the heavier ones, and the drawing processes get them
+    # while the calibration runs
     if config.dmn.enabled:
         first = next(iter(contrast_results.values()))
         extras["dmn"] = _dmn(config, run, bold, design, maps[first.name], first, mask.mask_img, w, bg_img, model)
+    if config.calibration.enabled:
+        extras["calibration"] = _calibrate(config, bold, design, mask.mask_img, model, w)
 
     raw_bold = raw.bold_img
     arr = np.asarray(raw_bold.dataobj)
@@ -343,8 +345,7 @@ def _data_figures(w: _Writer, raw: data.Run) -> None:
 def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
     """Inference, labelled clusters, DMN overlap and prose from an existing z or t map (no time series)."""
     import nibabel as nib
-    from nilearn.datasets import load_mni152_template
-
+    from .figures import MNI_BACKGROUND
     from .statmap import load_statmap
 
     _step("loading the statistical map")
@@ -353,7 +354,7 @@ def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
     checksums = _checksums({name: sm.path}, _cache_dir(config))
     key = compute_cache_key(config, checksums)
     w = _Writer(stage, pool)
-    bg_img = load_mni152_template(resolution=2)
+    bg_img = MNI_BACKGROUND
     atlases = _label_atlases(config, sm.space)
     extras: dict = {"atlas": _atlas_info(atlases, sm.space),
                     "statmap": {"path": sm.path, "stat": sm.stat, "dof": sm.dof, "source": sm.source,
@@ -472,6 +473,25 @@ def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, dire
 
         clusters = label_cluster_table(clusters, label_img, atlases, space=space)
         clusters.attrs = {}
+    # the figures first (the longest first), so the drawing processes work while the maps are written
+    peaks = clusters[clusters["Cluster ID"].astype(str).str.fullmatch(r"\d+")]
+    cut = tuple(float(v) for v in peaks.iloc[0][["X", "Y", "Z"]]) if len(peaks) else None  # slices through the top peak
+    w.draw(fmaps.plot_threshold_panel,
+           {k: img for k, (img, _) in thr.items()}, {k: r.label for k, (_, r) in thr.items()},
+           {k: f"{r.n_pos} + / {r.n_neg} \u2212 voxels" for k, (_, r) in thr.items()},
+           w.fig(f"{name}.thresholds", f"contrast-{ent}_desc-thresholds_statmap.png"))
+    w.draw(fmaps.plot_glass, primary_img, w.fig(f"{name}.glass", f"contrast-{ent}_desc-glass_statmap.png"))
+    if viewer:
+        w.draw(fmaps.plot_viewer, z_img, w.fig(f"{name}.viewer", f"contrast-{ent}_desc-viewer_statmap.html"),
+               mni=space.startswith("MNI"), threshold=primary.z_threshold if primary.survived else None,
+               title=f"{name}: z")
+    w.draw(fmaps.plot_map, z_img, w.fig(f"{name}.z", f"contrast-{ent}_stat-z_statmap.png"), bg_img=bg_img,
+           cut_coords=cut, colorbar_label="z")
+    if effect_img is not None:
+        w.draw(fmaps.plot_map, effect_img, w.fig(f"{name}.effect", f"contrast-{ent}_stat-effect_statmap.png"),
+               bg_img=bg_img, cut_coords=cut,
+               colorbar_label="% signal change" if config.glm.signal_scaling == 0 else "effect")
+
     base = {"Contrast": name, "ContrastExpression": expression, "Space": space, **(extra_sidecar or {})}
     files = {"z": w.derivative(z_img, f"contrast-{ent}_stat-z_statmap.nii.gz",
                                {**base, "Statistic": "z", "Thresholded": False, "Threshold": None})}
@@ -499,23 +519,6 @@ def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, dire
         recovery = plain({k: float(v) for k, v in simulate.recovery(thr["fdr"][0], truth).items()})
     z = z_img.get_fdata()[np.asarray(mask_img.dataobj) > 0]
 
-    peaks = clusters[clusters["Cluster ID"].astype(str).str.fullmatch(r"\d+")]
-    cut = tuple(float(v) for v in peaks.iloc[0][["X", "Y", "Z"]]) if len(peaks) else None  # slices through the top peak
-    if effect_img is not None:
-        w.draw(fmaps.plot_map, effect_img, w.fig(f"{name}.effect", f"contrast-{ent}_stat-effect_statmap.png"),
-               bg_img=bg_img, cut_coords=cut,
-               colorbar_label="% signal change" if config.glm.signal_scaling == 0 else "effect")
-    w.draw(fmaps.plot_map, z_img, w.fig(f"{name}.z", f"contrast-{ent}_stat-z_statmap.png"), bg_img=bg_img,
-           cut_coords=cut, colorbar_label="z")
-    w.draw(fmaps.plot_glass, primary_img, w.fig(f"{name}.glass", f"contrast-{ent}_desc-glass_statmap.png"))
-    if viewer:
-        w.draw(fmaps.plot_viewer, z_img, w.fig(f"{name}.viewer", f"contrast-{ent}_desc-viewer_statmap.html"),
-               mni=space.startswith("MNI"), threshold=primary.z_threshold if primary.survived else None,
-               title=f"{name}: z")
-    w.draw(fmaps.plot_threshold_panel,
-        {k: img for k, (img, _) in thr.items()}, {k: r.label for k, (_, r) in thr.items()},
-        {k: f"{r.n_pos} + / {r.n_neg} \u2212 voxels" for k, (_, r) in thr.items()},
-        w.fig(f"{name}.thresholds", f"contrast-{ent}_desc-thresholds_statmap.png"))
     return ContrastResult(
         name=name, entity=ent, expression=expression, vector=tuple(vector),
         thresholds=tuple(r for _, r in thr.values()), primary_key=config.inference.primary,
@@ -677,10 +680,11 @@ def _check_t_r(run: data.Run, config: Config) -> float:
 
 
 def _background(run: data.Run, bold):
+    """What the map figures are drawn on: the MNI152 template (loaded by the drawing process), or the mean image."""
     if run.space.startswith("MNI"):
-        from nilearn.datasets import load_mni152_template
+        from .figures import MNI_BACKGROUND
 
-        return load_mni152_template(resolution=2)
+        return MNI_BACKGROUND
     from nilearn.image import mean_img
 
     return mean_img(bold, copy_header=True)

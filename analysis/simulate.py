@@ -111,6 +111,7 @@ _FILES = {
     "truth_dmn_labels": "truth_dmn_labels.nii.gz",
     "truth_brain_mask": "truth_brain_mask.nii.gz",
     "truth_edge_mask": "truth_edge_mask.nii.gz",
+    "anat": "anat_T1w.nii.gz",
     "params": "params.json",
 }
 
@@ -550,8 +551,8 @@ def save_simulated(run: SimulatedRun, out_dir) -> dict[str, Path]:
     dict
         File key -> final path: ``bold``, ``events``, ``truth_effect``,
         ``truth_auditory_mask``, ``truth_dmn_mask``, ``truth_dmn_labels``,
-        ``truth_brain_mask``, ``truth_edge_mask`` (only if there is an edge band)
-        and ``params``.
+        ``truth_brain_mask``, ``truth_edge_mask`` (only if there is an edge band), ``anat`` (the
+        MNI152 T1 template on the run's grid) and ``params``.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -567,6 +568,10 @@ def save_simulated(run: SimulatedRun, out_dir) -> dict[str, Path]:
     }
     if truth.edge_mask_img is not None:
         images["truth_edge_mask"] = truth.edge_mask_img
+    if run.anat_img is not None:  # saved (as float32, not the template's uint8) so loading need not resample it
+        anat = nib.Nifti1Image(np.asarray(run.anat_img.get_fdata(), dtype=np.float32), run.anat_img.affine)
+        anat.set_data_dtype(np.float32)
+        images["anat"] = anat
     try:
         for key, img in images.items():
             nib.save(img, tmp / _FILES[key])
@@ -612,7 +617,7 @@ def load_simulated(out_dir) -> SimulatedRun:
     Returns
     -------
     SimulatedRun
-        Images are loaded into memory; ``anat_img`` is the bundled MNI152 template.
+        Images are loaded into memory; ``anat_img`` is the bundled MNI152 template (on the run's grid).
 
     Raises
     ------
@@ -654,8 +659,9 @@ def load_simulated(out_dir) -> SimulatedRun:
     if not events_path.exists():
         raise FileNotFoundError(f"{events_path}: missing from the simulated dataset; regenerate it")
     events = pd.read_csv(events_path, sep="\t", dtype={"onset": float, "duration": float, "trial_type": str})
+    anat_img = read("anat", np.float32) if "anat" in meta["files"] else _t1_template()  # older folders: rebuild
     return SimulatedRun(bold_img=read("bold", np.float32), events=events, t_r=float(meta["t_r"]),
-                        mask_img=truth.brain_mask_img, anat_img=_t1_template(), truth=truth,
+                        mask_img=truth.brain_mask_img, anat_img=anat_img, truth=truth,
                         params=params)
 
 

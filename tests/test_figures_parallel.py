@@ -40,3 +40,57 @@ def test_parallel_figures_are_byte_identical(tmp_path, bold_img, start_method):
 def test_a_failing_figure_raises_in_the_caller(tmp_path):
     with pytest.raises(TypeError):
         draw_all([(maps.plot_design, (None, tmp_path / "x.png"), {}), (maps.plot_design, (), {})], n_jobs=2)
+
+
+def test_glass_brain_shortcut_leaves_the_images_unchanged(tmp_path, bold_img, monkeypatch):
+    """glass_brain_outlines() skips matplotlib's data-limit updates: the PNGs are byte for byte the same."""
+    import pandas as pd
+
+    from analysis.figures import _base, dmn
+
+    img = bold_img.slicer[..., 0]
+    nodes = pd.DataFrame({"X": [0.0, -40.0], "Y": [-52.0, 20.0], "Z": [26.0, 10.0]})
+
+    def draw(folder):
+        return [maps.plot_glass(img, folder / "glass.png"),
+                maps.plot_threshold_panel({"a": img, "b": img}, {"a": "A", "b": "B"}, {"a": "1", "b": "2"},
+                                          folder / "panel.png"),
+                dmn.plot_dmn_nodes(nodes, folder / "nodes.png")]
+
+    fast = draw(tmp_path / "fast")
+    monkeypatch.setattr(_base, "glass_brain_outlines", _plain_context)
+    monkeypatch.setattr(maps, "glass_brain_outlines", _plain_context)
+    monkeypatch.setattr(dmn, "glass_brain_outlines", _plain_context)
+    plain = draw(tmp_path / "plain")
+    for a, b in zip(fast, plain, strict=True):
+        assert _digest(a) == _digest(b), a.name
+
+
+def _plain_context():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def test_figure_refs_resolve_where_drawn_and_pickle():
+    import pickle
+
+    from analysis.figures.parallel import FigureRef, figure_module
+
+    ref = figure_module("maps").plot_glass
+    assert isinstance(ref, FigureRef) and ref.resolve() is maps.plot_glass
+    again = pickle.loads(pickle.dumps(ref))
+    assert again.resolve() is maps.plot_glass
+    with pytest.raises(AttributeError):
+        figure_module("maps").no_such_figure.resolve()
+
+
+def test_fast_mni_background_is_nilearns_2mm_template():
+    from nilearn.datasets import load_mni152_template
+
+    from analysis.figures._base import _mni152_2mm
+
+    ours, theirs = _mni152_2mm(), load_mni152_template(resolution=2)
+    assert ours.shape == theirs.shape
+    np.testing.assert_allclose(ours.affine, theirs.affine)
+    np.testing.assert_allclose(ours.get_fdata(), theirs.get_fdata(), rtol=0, atol=1e-12)

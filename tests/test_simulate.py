@@ -202,7 +202,7 @@ def test_save_load_round_trip(tmp_path):
     paths = save_simulated(run, folder)
     assert {p.name for p in folder.iterdir()} == {p.name for p in paths.values()}
     assert {"bold", "events", "truth_effect", "truth_auditory_mask", "truth_dmn_mask", "truth_dmn_labels",
-            "truth_brain_mask", "truth_edge_mask", "params"} == set(paths)
+            "truth_brain_mask", "truth_edge_mask", "anat", "params"} == set(paths)
     back = load_simulated(folder)
     assert back.params == run.params
     assert back.t_r == run.t_r
@@ -213,6 +213,9 @@ def test_save_load_round_trip(tmp_path):
         np.testing.assert_array_equal(_data(getattr(back.truth, name)), _data(getattr(run.truth, name)))
     np.testing.assert_array_equal(_data(back.bold_img), _data(run.bold_img))
     np.testing.assert_allclose(back.bold_img.affine, run.bold_img.affine)
+    # the anatomical image is read back, not resampled again from the template
+    np.testing.assert_allclose(_data(back.anat_img), _data(run.anat_img), rtol=1e-6)
+    np.testing.assert_allclose(back.anat_img.affine, run.anat_img.affine)
 
     # Saving again replaces the folder atomically and leaves no temporary folders behind.
     other = simulate_run(seed=3, n_scans=5, edge_fraction=0.0)  # no events at all

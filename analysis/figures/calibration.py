@@ -6,6 +6,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import FuncFormatter, NullFormatter
 from scipy import stats
 
 from ._base import save_figure
@@ -79,6 +80,10 @@ def plot_calibration(cal, out_file: str | Path) -> Path:
     if cal.null_design_pooled_share:
         ax_s.plot(x + 0.15, cal.null_design_pooled_share, "s", mfc="none", color=_NULL, label="null pooled")
     ax_s.set_yscale("log")
+    # ticks at the nominal shares, as plain decimals (0.05, 0.01, 0.001): they read better than powers of ten
+    ax_s.set_yticks(cal.nominal_share)
+    ax_s.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.1g}"))
+    ax_s.yaxis.set_minor_formatter(NullFormatter())
     ax_s.set_xticks(x, [f"|z| > {t:.2f}" for t in cal.thresholds], fontsize=8)
     ax_s.set_xlim(-0.5, len(x) - 0.5)
     ax_s.set_ylabel("share of voxels")

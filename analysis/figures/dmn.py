@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ._base import save_figure
+from ._base import background, glass_brain_outlines, save_figure
 
 __all__ = ["plot_dmn_map", "plot_dmn_nodes", "plot_z_with_dmn_contours", "plot_roi_effects", "plot_seed_map"]
 
@@ -19,11 +19,7 @@ CUT_COORDS = (0, -53, 26)
 
 
 def _bg(bg_img):
-    if bg_img is not None:
-        return bg_img
-    from nilearn.datasets import load_mni152_template
-
-    return load_mni152_template(resolution=2)
+    return background(bg_img)
 
 
 def plot_dmn_map(dmn_mask_img, out_file, *, schaefer_mask_img=None, bg_img=None,
@@ -52,7 +48,8 @@ def plot_dmn_nodes(nodes: pd.DataFrame, out_file, *, control: pd.DataFrame | Non
     from nilearn import plotting
 
     fig = plt.figure(figsize=(8, 3))
-    display = plotting.plot_glass_brain(None, display_mode="lzry", figure=fig, title=title, black_bg=False)
+    with glass_brain_outlines():
+        display = plotting.plot_glass_brain(None, display_mode="lzry", figure=fig, title=title, black_bg=False)
     display.add_markers(nodes[["X", "Y", "Z"]].to_numpy(dtype=float), marker_color=DMN_COLOR,
                         marker_size=node_size)
     if control is not None and len(control):

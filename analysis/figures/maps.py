@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 from nilearn import plotting
 
-from ._base import save_figure
+from . import MNI_BACKGROUND
+from ._base import background, glass_brain_outlines, save_figure
 
 __all__ = ["plot_design", "plot_contrasts", "plot_map", "plot_glass", "plot_threshold_panel", "plot_volumes",
            "plot_image", "plot_viewer"]
@@ -39,13 +40,16 @@ def plot_map(img, out_file, *, bg_img=None, title: str = "", threshold: float | 
              symmetric: bool = True, cut_coords=None, colorbar_label: str = "") -> Path:
     """A stat map on orthogonal slices (unthresholded unless ``threshold`` is given).
 
+    ``bg_img``: an image, ``"MNI152"`` (nilearn's 2 mm template) or None (no background).
+
     Voxels outside the map (exact zeros) are transparent, so the background image shows around the brain.
     """
     fig = plt.figure(figsize=(9, 3.2))
     if threshold is None or not math.isfinite(threshold):
         threshold = 1e-6
     kwargs = {"symmetric_cbar": True} if symmetric else {"symmetric_cbar": False}
-    display = plotting.plot_stat_map(img, bg_img=bg_img, display_mode="ortho", cut_coords=cut_coords,
+    display = plotting.plot_stat_map(img, bg_img=background(bg_img) if bg_img is not None else None,
+                                     display_mode="ortho", cut_coords=cut_coords,
                                      threshold=threshold, cmap=cmap, title=title or None, figure=fig,
                                      colorbar=True, black_bg=False,
                                      draw_cross=False, **kwargs)
@@ -59,9 +63,10 @@ def plot_glass(thresholded_img, out_file, *, title: str = "", threshold: float |
     fig = plt.figure(figsize=(9, 3.2))
     data = np.asarray(thresholded_img.dataobj)
     vmax = float(np.abs(data).max()) or 1.0
-    plotting.plot_glass_brain(thresholded_img, figure=fig, display_mode="lyrz", colorbar=True, plot_abs=False,
-                              cmap="cold_hot", symmetric_cbar=True, vmax=vmax, title=title or None,
-                              threshold=threshold if threshold and math.isfinite(threshold) else None)
+    with glass_brain_outlines():
+        plotting.plot_glass_brain(thresholded_img, figure=fig, display_mode="lyrz", colorbar=True, plot_abs=False,
+                                  cmap="cold_hot", symmetric_cbar=True, vmax=vmax, title=title or None,
+                                  threshold=threshold if threshold and math.isfinite(threshold) else None)
     return save_figure(fig, out_file)
 
 
@@ -72,9 +77,10 @@ def plot_threshold_panel(thresholded: dict[str, object], labels: dict[str, str],
     fig, axes = plt.subplots(n, 1, figsize=(8.5, 2.8 * n))
     vmax = max([float(np.abs(np.asarray(img.dataobj)).max()) for img in thresholded.values()] + [1.0])
     for ax, (key, img) in zip(np.atleast_1d(axes), thresholded.items()):
-        plotting.plot_glass_brain(img, axes=ax, display_mode="xz", colorbar=True, plot_abs=False,
-                                  cmap="cold_hot", symmetric_cbar=True, vmax=vmax, threshold=1e-6,
-                                  title=f"{labels[key]}: {counts[key]}")
+        with glass_brain_outlines():
+            plotting.plot_glass_brain(img, axes=ax, display_mode="xz", colorbar=True, plot_abs=False,
+                                      cmap="cold_hot", symmetric_cbar=True, vmax=vmax, threshold=1e-6,
+                                      title=f"{labels[key]}: {counts[key]}")
     return save_figure(fig, out_file)
 
 
@@ -105,7 +111,7 @@ def plot_viewer(img, out_file, *, mni: bool, threshold: float | None = None, tit
     """
     from nilearn.plotting import view_img
 
-    view = view_img(img, bg_img="MNI152" if mni else False,
+    view = view_img(img, bg_img=background(MNI_BACKGROUND) if mni else False,
                     threshold=threshold if threshold is not None and math.isfinite(threshold) else None,
                     title=title or None, symmetric_cmap=True, width_view=640)
     out_file = Path(out_file)

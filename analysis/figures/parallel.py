@@ -39,7 +39,7 @@ __all__ = ["FigurePool", "FigureRef", "draw_all", "default_n_jobs", "figure_modu
 Job = tuple[Callable[..., Any], tuple, dict]
 
 _WARM_MODULES = ("analysis.figures.maps", "analysis.figures.calibration", "analysis.figures.dmn")
-WORKER_NICENESS = 5
+WORKER_NICENESS = 19
 """Scheduling priority added to the drawing processes: the analysis, which they wait for anyway, runs first
 when the cores are busy, and the figures fill the idle time."""
 
@@ -141,6 +141,23 @@ def _warm_up(parent: int | None = None) -> None:
         pass
     for name in _WARM_MODULES:
         importlib.import_module(name)
+    importlib.import_module(f"{__package__}._base").warm_up()
+    _tune_gc()
+
+
+def _tune_gc() -> None:
+    """Fewer garbage collections while drawing.
+
+    A figure creates hundreds of thousands of small matplotlib objects, and with Python's default thresholds
+    the cyclic collector keeps scanning them and every module the worker imported: a quarter of the drawing
+    time. The imported modules are moved out of the collector's sight (``gc.freeze``) and young objects are
+    collected every 10,000 allocations instead of 700; memory stays the same (closed figures are freed by
+    reference counting).
+    """
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 100)
 
 
 def _call(func, args, kwargs):
