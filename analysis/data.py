@@ -18,10 +18,13 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:  # nibabel is imported where images are read, so that reading cached results stays light
+    import nibabel as nib
 
 from .config import Config
 
@@ -315,6 +318,8 @@ def load_bids(config: Config) -> Run:
 
 
 def _load_nifti(path: str) -> nib.Nifti1Image:
+    import nibabel as nib
+
     if not Path(path).exists():
         raise DataError(f"{path}: file not found; check the path in the config")
     try:
@@ -379,6 +384,7 @@ def analysis_mask(run: Run) -> MaskReport:
     Uses the mask supplied with the data, or nilearn's EPI mask of the run. A supplied
     mask on another grid than the run is refused.
     """
+    import nibabel as nib
     from nilearn.masking import compute_epi_mask
 
     bold = run.bold_img

@@ -182,6 +182,7 @@ class KernelDaemon:
     def __init__(self, project: Path):
         self.project = Path(project)
         self._kernels: dict[Path, object] = {}
+        self._clients: dict[Path, object] = {}
         self._deps: dict[Path, dict[str, float]] = {}
         self.restarts = 0
 
@@ -192,25 +193,26 @@ class KernelDaemon:
         km.start_kernel(cwd=str(self.project))
         self._kernels[path] = km
         self._deps.pop(path, None)
+        self._clients.pop(path, None)
         return km
 
     def execute(self, path: Path, nb, timeout: int = 900) -> None:
         path = Path(path).resolve()
         km = self._kernels.get(path)
         if km is not None and self._stale(path):
-            km.shutdown_kernel(now=True)
+            self._stop(path)
             km = None
             self.restarts += 1
         if km is None:
             km = self._start(path)
         nb.cells.append(nbformat.v4.new_code_cell(QUARTO_CLEANUP))
         client = NotebookClient(nb, km=km, timeout=timeout, resources={"metadata": {"path": str(self.project)}})
+        client.kc = self._clients.get(path)  # Quarto's server keeps its client connected between renders
         try:
-            client.execute(cleanup_kc=False)  # keep the kernel; only this render's client stops
+            client.execute(cleanup_kc=False)  # keep the kernel and the client
         finally:
             cleanup = nb.cells.pop()
-            if client.kc is not None:
-                client.kc.stop_channels()
+            self._clients[path] = client.kc
         try:
             self._deps[path] = json.loads("".join(o.get("text", "") for o in cleanup.get("outputs", [])
                                                   if o.get("name") == "stdout"))
@@ -230,13 +232,19 @@ class KernelDaemon:
                 return True
         return False
 
-    def close(self) -> None:
-        for km in self._kernels.values():
-            try:
+    def _stop(self, path: Path) -> None:
+        kc, km = self._clients.pop(path, None), self._kernels.pop(path, None)
+        try:
+            if kc is not None:
+                kc.stop_channels()
+            if km is not None:
                 km.shutdown_kernel(now=True)
-            except Exception:  # noqa: BLE001 - best effort at exit
-                pass
-        self._kernels.clear()
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+
+    def close(self) -> None:
+        for path in list(self._kernels):
+            self._stop(path)
 
     def __enter__(self) -> KernelDaemon:
         return self
