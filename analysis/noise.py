@@ -334,7 +334,13 @@ def _voxel_major(Y: np.ndarray) -> np.ndarray:
     out = np.ascontiguousarray(np.asarray(Y, dtype=np.float64).T)
     if isinstance(Y, np.ndarray) and not Y.flags.writeable:
         _VOXEL_MAJOR[:] = [weakref.ref(Y), out]
+        weakref.finalize(Y, _forget_voxel_major, id(out))  # the copy goes when the data matrix goes
     return out
+
+
+def _forget_voxel_major(out_id: int) -> None:
+    if _VOXEL_MAJOR[1] is not None and id(_VOXEL_MAJOR[1]) == out_id:
+        _VOXEL_MAJOR[:] = [None, None]
 
 
 @_blas_limited

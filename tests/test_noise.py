@@ -243,3 +243,20 @@ def test_fast_contrast_z_equals_arm_model_fits_and_compute_contrast(design, nois
     z = t_contrast_z(Y, X, fast_rho, c)
     assert z.shape == expected.shape
     np.testing.assert_allclose(z, expected, rtol=0, atol=1e-9)
+
+
+def test_voxel_major_copy_is_kept_for_read_only_data_and_dropped_with_it():
+    import gc
+
+    from analysis import noise
+
+    Y = np.arange(12.0).reshape(3, 4)
+    Y.flags.writeable = False
+    first = noise._voxel_major(Y)
+    assert noise._voxel_major(Y) is first and first.flags.c_contiguous
+    np.testing.assert_array_equal(first, Y.T)
+    writable = np.ones((3, 4))
+    assert noise._voxel_major(writable) is not noise._voxel_major(writable)  # never cached: it could change
+    del Y, first
+    gc.collect()
+    assert noise._VOXEL_MAJOR == [None, None]
