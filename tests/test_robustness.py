@@ -202,3 +202,13 @@ def test_cache_is_invalidated_by_config_and_input_changes_only(tmp_path, shared_
         assert res3.cache_key != res2.cache_key
     finally:
         events.write_bytes(original)
+
+
+def test_the_analysis_process_never_imports_matplotlib(tmp_path, shared_cache):
+    """Figures are drawn by the worker processes; the analysis process names them without importing plotting."""
+    cfg = _config(tmp_path / "out", shared_cache)
+    code = ("import sys; from analysis import run; res = run(sys.argv[1], force=True); "
+            "print(len(res.figures), 'matplotlib' in sys.modules, 'nilearn.plotting' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(cfg)], cwd=PROJECT, env={**ENV, "ANALYSIS_FIGURE_JOBS": "2"},
+                         capture_output=True, text=True, timeout=600, check=True).stdout.split()
+    assert int(out[0]) >= 15 and out[1:] == ["False", "False"]
