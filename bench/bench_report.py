@@ -24,7 +24,8 @@ in one run and side by side (each timing in a fresh Python process, imports incl
 
 Also: peak memory of (b) and the per-step breakdown of (b) from the "analysis" logger.
 
-    python bench/bench_report.py                 # 3 repeats (medians), about 3 minutes on 2 cores
+    python bench/bench_report.py                 # 3 repeats (medians), about 4 minutes on 2 cores
+    python bench/bench_report.py --skip-chapters --repeat 5   # (a), (b), (c) only, about 1.5 minutes
     python bench/bench_report.py --repeat 5 --profile   # + cProfile hot spots of one cold run
 
 Atlases come from ``NILEARN_DATA`` (default: ``../shared/nilearn_data`` next to the project, if present).
