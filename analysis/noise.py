@@ -277,8 +277,7 @@ def run_glm_ar1(Y: np.ndarray, X: np.ndarray, bins: int = 100, n_jobs: int = 1, 
         from nilearn.glm.regression import OLSModel
 
         ols_result = OLSModel(X).fit(Y)
-    ar_coef = _yule_walker_ar1(ols_result.residuals.T)[:, 0]
-    ar_coef = (ar_coef * bins).astype(int) * 1.0 / bins  # nilearn's loop, vectorised: same operations
+    ar_coef = estimate_rho(Y, X, "ar1", bins=bins, ols_residuals=ols_result.residuals)
     values, codes = np.unique(ar_coef, return_inverse=True)
     labels = np.array([str(v) for v in values])[codes.ravel()] if values.size else np.array([], dtype=str)
     unique, codes = np.unique(labels, return_inverse=True)
@@ -309,7 +308,7 @@ def estimate_rho(Y: np.ndarray, X: np.ndarray, noise_model: str, *, mask_img=Non
     resid = _ols_residuals(Y, X) if ols_residuals is None else ols_residuals
     if noise_model == "ar1":
         ar_coef = _yule_walker_ar1(resid.T)[:, 0]
-        return (ar_coef * bins).astype(int) * 1.0 / bins  # nilearn's truncation (run_glm)
+        return (ar_coef * bins).astype(int) * 1.0 / bins  # nilearn's truncation loop (run_glm), vectorised
     q = _lag1_autocorr(resid)
     if noise_model == "ar1_pooled":
         q = np.full_like(q, q.mean())

@@ -76,8 +76,8 @@ def _mni152_2mm():
 
 
 def background(bg_img):
-    """The background image to draw on: ``bg_img`` itself, or the MNI152 template for ``MNI_BACKGROUND``/None."""
-    if bg_img is None or (isinstance(bg_img, str) and bg_img == MNI_BACKGROUND):
+    """The background image to draw on: the MNI152 template for ``MNI_BACKGROUND``, else ``bg_img`` itself."""
+    if isinstance(bg_img, str) and bg_img == MNI_BACKGROUND:
         return _mni152_2mm()
     return bg_img
 

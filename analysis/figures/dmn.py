@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from . import MNI_BACKGROUND
 from ._base import background, glass_brain_outlines, save_figure
 
 __all__ = ["plot_dmn_map", "plot_dmn_nodes", "plot_z_with_dmn_contours", "plot_roi_effects", "plot_seed_map"]
@@ -18,17 +19,13 @@ SCHAEFER_COLOR = "#e69422"
 CUT_COORDS = (0, -53, 26)
 
 
-def _bg(bg_img):
-    return background(bg_img)
-
-
-def plot_dmn_map(dmn_mask_img, out_file, *, schaefer_mask_img=None, bg_img=None,
+def plot_dmn_map(dmn_mask_img, out_file, *, schaefer_mask_img=None, bg_img=MNI_BACKGROUND,
                  cut_coords=CUT_COORDS, title: str | None = None) -> Path:
     """The DMN mask (Yeo network 7) on the MNI template; Schaefer's Default parcels as a contour if given."""
     from nilearn import plotting
 
     fig = plt.figure(figsize=(8, 3))
-    display = plotting.plot_roi(dmn_mask_img, bg_img=_bg(bg_img), cut_coords=cut_coords, display_mode="ortho",
+    display = plotting.plot_roi(dmn_mask_img, bg_img=background(bg_img), cut_coords=cut_coords, display_mode="ortho",
                                 cmap=_single_cmap(DMN_COLOR), alpha=0.7, figure=fig, title=title,
                                 draw_cross=False, black_bg=False)
     if schaefer_mask_img is not None:
@@ -58,13 +55,13 @@ def plot_dmn_nodes(nodes: pd.DataFrame, out_file, *, control: pd.DataFrame | Non
     return save_figure(fig, out_file)
 
 
-def plot_z_with_dmn_contours(z_img, dmn_mask_img, out_file, *, threshold: float, bg_img=None,
+def plot_z_with_dmn_contours(z_img, dmn_mask_img, out_file, *, threshold: float, bg_img=MNI_BACKGROUND,
                              cut_coords=CUT_COORDS, title: str | None = None) -> Path:
     """The subject's z map (|z| > ``threshold``, the cut-off actually used) with the DMN outline."""
     from nilearn import plotting
 
     fig = plt.figure(figsize=(8, 3))
-    display = plotting.plot_stat_map(z_img, bg_img=_bg(bg_img), threshold=abs(float(threshold)),
+    display = plotting.plot_stat_map(z_img, bg_img=background(bg_img), threshold=abs(float(threshold)),
                                      cut_coords=cut_coords, display_mode="ortho", figure=fig, title=title,
                                      draw_cross=False, black_bg=False, cmap="RdBu_r")
     display.add_contours(dmn_mask_img, levels=[0.5], colors=["k"], linewidths=1.2)
@@ -119,13 +116,13 @@ def plot_roi_effects(nodes_table: pd.DataFrame, out_file, *, control_table: pd.D
     return save_figure(fig, out_file)
 
 
-def plot_seed_map(seed_z_img, out_file, *, threshold: float, seed=CUT_COORDS, dmn_mask_img=None, bg_img=None,
-                  title: str | None = None) -> Path:
+def plot_seed_map(seed_z_img, out_file, *, threshold: float, seed=CUT_COORDS, dmn_mask_img=None,
+                  bg_img=MNI_BACKGROUND, title: str | None = None) -> Path:
     """The seed-based z map, cut through the seed, with the DMN outline if given."""
     from nilearn import plotting
 
     fig = plt.figure(figsize=(8, 3))
-    display = plotting.plot_stat_map(seed_z_img, bg_img=_bg(bg_img), threshold=abs(float(threshold)),
+    display = plotting.plot_stat_map(seed_z_img, bg_img=background(bg_img), threshold=abs(float(threshold)),
                                      cut_coords=tuple(seed), display_mode="ortho", figure=fig, title=title,
                                      draw_cross=False, black_bg=False, cmap="RdBu_r")
     display.add_markers([tuple(seed)], marker_color="lime", marker_size=40)

@@ -48,8 +48,7 @@ def plot_map(img, out_file, *, bg_img=None, title: str = "", threshold: float | 
     if threshold is None or not math.isfinite(threshold):
         threshold = 1e-6
     kwargs = {"symmetric_cbar": True} if symmetric else {"symmetric_cbar": False}
-    display = plotting.plot_stat_map(img, bg_img=background(bg_img) if bg_img is not None else None,
-                                     display_mode="ortho", cut_coords=cut_coords,
+    display = plotting.plot_stat_map(img, bg_img=background(bg_img), display_mode="ortho", cut_coords=cut_coords,
                                      threshold=threshold, cmap=cmap, title=title or None, figure=fig,
                                      colorbar=True, black_bg=False,
                                      draw_cross=False, **kwargs)

@@ -181,7 +181,6 @@ class FigurePool:
         self.n_jobs = default_n_jobs() if n_jobs is None else max(0, int(n_jobs))
         self.start_method = start_method or _start_method()
         self._futures: list[Future] = []
-        self._warmers: list[Future] = []
         self._executor: ProcessPoolExecutor | None = None
 
     def _pool(self) -> ProcessPoolExecutor:
@@ -197,8 +196,8 @@ class FigurePool:
         """Start the workers now (they import the plotting modules while the caller goes on computing)."""
         if self.n_jobs:
             pool = self._pool()
-            for _ in range(self.n_jobs):  # ProcessPoolExecutor starts processes lazily, one per pending job
-                self._warmers.append(pool.submit(_noop))
+            for _ in range(self.n_jobs):  # the executor starts its processes when work is first submitted
+                pool.submit(_noop)
         return self
 
     def submit(self, func: Callable[..., Any], *args, **kwargs) -> Future:
