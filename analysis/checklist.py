@@ -109,8 +109,8 @@ def checklist(res: Results) -> pd.DataFrame:
 
     # ---------------------------------------------------------------- model
     s = "Model"
-    add(s, "Software", f"nilearn {res.versions.get('nilearn', '?')} FirstLevelModel "
-        f"[@abraham2014] (Python {res.versions.get('python', '?')})" if res.versions.get("nilearn") else None)
+    add(s, "Software", text.md(f"nilearn {res.versions.get('nilearn', '?')} FirstLevelModel "
+        f"[@abraham2014] (Python {res.versions.get('python', '?')})") if res.versions.get("nilearn") else None)
     add(s, "Haemodynamic response model", _HRF.get(m.hrf_model, m.hrf_model.replace("spm", "SPM HRF")))
     add(s, "Drift model and high-pass filter",
         f"{m.drift_model} ({m.n_drift} regressors), cut-off {m.high_pass:g} Hz "
@@ -189,7 +189,7 @@ def display(table: pd.DataFrame) -> pd.DataFrame:
     """The checklist for display: the section named once per group, missing items in bold."""
     out = table.copy()
     out["Section"] = out["Section"].where(out["Section"].ne(out["Section"].shift()), "")
-    out["Status"] = out["Status"].map(lambda st: f"**{st}**" if st == MISSING else st)
+    out["Status"] = out["Status"].map(lambda st: text.md(f"**{st}**") if st == MISSING else st)
     return out
 
 
@@ -198,7 +198,7 @@ def missing_callout(table: pd.DataFrame) -> str:
     missing = table[table["Status"] == MISSING]
     if missing.empty:
         return ""
-    items = "\n".join(f"- {row.Section}: {row.Item}" for row in missing.itertuples())
+    items = "\n".join(f"- {text.md_escape(row.Section)}: {text.md_escape(row.Item)}" for row in missing.itertuples())
     return ("::: {.callout-warning}\n## Items to complete before publication\n\n"
             "The results do not record these items; report them in the text (or add them to the "
             f"analysis) before submitting:\n\n{items}\n:::\n")
@@ -213,7 +213,7 @@ def _noise(noise_model: str) -> str:
     entry = NOISE_MODELS.get(noise_model)
     if entry is None:
         return noise_model
-    return f"{noise_model}: {entry.cited_description}"
+    return text.md(f"{text.md_escape(noise_model)}: {entry.cited_description}")  # holds @citations
 
 
 def _weights(m, name: str) -> str:

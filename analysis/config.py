@@ -26,6 +26,10 @@ HRF_MODELS = ("spm", "spm + derivative", "spm + derivative + dispersion", "glove
               "glover + derivative", "glover + derivative + dispersion")
 DRIFT_MODELS = ("cosine", "polynomial", "none")
 PRIMARY_THRESHOLDS = ("z3", "fpr", "fdr", "fdr_cluster", "bonferroni")
+#: The 13 named networks of Seitzman et al. (2020), as nilearn's ``fetch_coords_seitzman_2018`` labels them.
+SEITZMAN_NETWORKS = ("Auditory", "CinguloOpercular", "DefaultMode", "DorsalAttention", "FrontoParietal",
+                     "MedialTemporalLobe", "ParietoMedial", "Reward", "Salience", "SomatomotorDorsal",
+                     "SomatomotorLateral", "VentralAttention", "Visual")
 
 
 class ConfigError(ValueError):
@@ -189,10 +193,15 @@ class DMNConfig:
     node_radius: float = 6.0  # mm, spheres around the Seitzman DefaultMode / Auditory coordinates
     seed_radius: float = 8.0  # mm, posterior-cingulate seed for the seed-based map
     seed_map: bool = True
+    # positive control: a Seitzman 2018 network expected to respond to the contrast, "none", or "auto"
+    # (Auditory for the listening task of the SPM auditory / simulated data, none for other data)
+    control_network: str = "auto"
 
     def __post_init__(self):
         _range("dmn.node_radius", self.node_radius, 1, 20)
         _range("dmn.seed_radius", self.seed_radius, 1, 20)
+        _choice("dmn.control_network", self.control_network,
+                ("auto", "none") + tuple(n for n in SEITZMAN_NETWORKS if n != "DefaultMode"))
 
 
 @dataclass(frozen=True)
@@ -223,13 +232,25 @@ class Config:
     def __post_init__(self):
         if not self.contrasts:
             raise ConfigError(f"{self.source or 'config'}: [contrasts] is empty; add e.g. listening = \"listening\"")
+        from .contrasts import ContrastError, check_syntax, entity
+
+        seen: dict[str, str] = {}
         for name, expr in self.contrasts.items():
-            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name) or len(name) > 64:
                 raise ConfigError(f"{self.source or 'config'}: contrast name {name!r} must start with a letter "
-                                  "and hold only letters, digits and '_'")
+                                  "and hold only letters, digits and '_' (at most 64)")
             if not isinstance(expr, str) or not expr.strip():
                 raise ConfigError(f"{self.source or 'config'}: contrast {name!r} is empty; write it by condition "
                                   "name, e.g. \"listening\"")
+            try:
+                check_syntax(expr, name)
+            except ContrastError as exc:
+                raise ConfigError(f"{self.source or 'config'}: [contrasts] {exc}") from None
+            ent = entity(name)
+            if ent.lower() in seen:
+                raise ConfigError(f"{self.source or 'config'}: contrasts {seen[ent.lower()]!r} and {name!r} would "
+                                  f"both be saved as contrast-{ent}; rename one of them")
+            seen[ent.lower()] = name
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (no ``source``), stable for hashing and JSON."""
@@ -365,8 +386,8 @@ def _choice(key, value, choices):
 
 
 def _range(key, value, low, high, open_low=False):
-    bad = value <= low if open_low else value < low
-    if bad or value > high:
+    ok = (low < value <= high) if open_low else (low <= value <= high)  # False for NaN
+    if not ok:
         bracket = "(" if open_low else "["
         raise ConfigError(f"{key} = {value!r} is out of range; use a value in {bracket}{low}, {high}]")
 

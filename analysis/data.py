@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +30,8 @@ if TYPE_CHECKING:  # nibabel is imported where images are read, so that reading 
 
 from .config import Config
 
-__all__ = ["DataError", "Run", "load_run", "check_bold", "check_events", "file_sha256", "nilearn_data_dir"]
+__all__ = ["DataError", "Run", "load_run", "check_bold", "check_events", "check_t_r", "read_table",
+           "condition_name_problem", "file_sha256", "nilearn_data_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +105,8 @@ def nilearn_data_dir(config: Config) -> str | None:
 
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def load_run(config: Config, cache_dir: str | Path | None = None) -> Run:
@@ -174,7 +174,7 @@ def _load_spm_auditory(config: Config) -> Run:
     bold_img = check_bold(concat_imgs(func_files) if len(func_files) > 1 else _load_nifti(func_files[0]),
                           func_files[0])
     anat_img = _load_nifti(str(bunch.anat))
-    events = check_events(pd.read_csv(bunch.events, sep="\t"), bold_img.shape[3], float(bunch.t_r), str(bunch.events))
+    events = check_events(read_table(bunch.events, "events"), bold_img.shape[3], float(bunch.t_r), str(bunch.events))
     files = {Path(f).name: f for f in func_files}
     files[Path(bunch.anat).name] = str(bunch.anat)
     files[Path(bunch.events).name] = str(bunch.events)
@@ -265,21 +265,25 @@ def load_bids(config: Config) -> Run:
                 meta = json.loads(sidecar.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise DataError(f"{sidecar}: not valid JSON ({exc}); fix the sidecar") from None
+            if not isinstance(meta, dict):
+                raise DataError(f"{sidecar}: a JSON sidecar must hold an object ({{...}}); fix the sidecar")
             if "RepetitionTime" in meta:
-                t_r, t_r_source = float(meta["RepetitionTime"]), f"RepetitionTime in {sidecar.name}"
+                t_r = check_t_r(meta["RepetitionTime"], f"{sidecar}: RepetitionTime", "fix the sidecar")
+                t_r_source = f"RepetitionTime in {sidecar.name}"
                 break
     if not t_r:
         zoom = float(bold_img.header.get_zooms()[3])
-        if zoom <= 0:
+        if zoom == 0:
             raise DataError(f"{bold_path}: no RepetitionTime in the JSON sidecar and none in the header; "
                             "add the sidecar or set glm.t_r")
-        t_r, t_r_source = zoom, "the image header"
+        t_r = check_t_r(zoom, f"{bold_path}: the header's TR (pixdim[4])", "fix the header or add a JSON sidecar")
+        t_r_source = "the image header"
 
     events_files = find(root, "events", "tsv", "func")
     if len(events_files) != 1:
         raise DataError(f"{root}: {'no' if not events_files else len(events_files)} events.tsv for {label}; "
                         "BIDS task data need sub-<label>_task-<label>_events.tsv beside the run")
-    events = check_events(pd.read_csv(events_files[0], sep="\t"), bold_img.shape[3], t_r, events_files[0])
+    events = check_events(read_table(events_files[0], "events"), bold_img.shape[3], t_r, events_files[0])
 
     files = {Path(bold_path).name: bold_path, Path(events_files[0]).name: events_files[0]}
     mask_img = confounds = None
@@ -293,7 +297,7 @@ def load_bids(config: Config) -> Run:
         if not conf_files:
             raise DataError(f"{deriv}: no desc-confounds_timeseries.tsv for {label}, but bids.confounds is set; "
                             "point bids.derivatives at the fMRIPrep output or clear bids.confounds")
-        table = pd.read_csv(conf_files[0], sep="\t")
+        table = read_table(conf_files[0], "confounds")
         missing = [c for c in b.confounds if c not in table.columns]
         if missing:
             import difflib
@@ -317,6 +321,40 @@ def load_bids(config: Config) -> Run:
                + (f" (fMRIPrep output in {space})" if b.space else " (raw images in scanner space)"))
 
 
+def check_t_r(value, what: str, fix: str) -> float:
+    """A repetition time read from a file: a finite number of seconds in [0.1, 60]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise DataError(f"{what} is {value!r}, not a number of seconds; {fix}")
+    value = float(value)
+    if not 0.1 <= value <= 60:  # False for NaN
+        raise DataError(f"{what} = {value:g} s is not a plausible TR (0.1-60 s); {fix}")
+    return value
+
+
+def read_table(path, kind: str = "table") -> pd.DataFrame:
+    """Read a BIDS TSV file (UTF-8, tab-separated, ``n/a`` for missing); errors name the file and the fix."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the {kind} file ({exc.strerror}); check the path") from None
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: the {kind} file is not UTF-8 text (byte {exc.start}); save it as UTF-8, as "
+                        "BIDS requires") from None
+    if not raw.strip():
+        raise DataError(f"{path}: the {kind} file is empty; it needs a header line and one row per "
+                        + ("event (onset, duration, trial_type)" if kind == "events" else "volume"))
+    import io
+
+    try:
+        return pd.read_csv(io.BytesIO(raw), sep="\t", encoding="utf-8", keep_default_na=False,
+                           na_values=["n/a", ""], dtype=str if kind == "events" else None)
+    except (pd.errors.ParserError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: not a tab-separated table ({first}); BIDS tables are TSV with a header") from None
+
+
 def _load_nifti(path: str) -> nib.Nifti1Image:
     import nibabel as nib
 
@@ -327,6 +365,11 @@ def _load_nifti(path: str) -> nib.Nifti1Image:
         img.get_fdata(dtype=np.float32)  # force a full read so truncation shows here
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"{path}: not a readable NIfTI image ({type(exc).__name__}); re-download or re-export it") from None
+    affine = np.asarray(img.affine, dtype=float)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise DataError(f"{path}: the image's affine (voxel-to-world matrix) is "
+                        f"{'not finite' if not np.all(np.isfinite(affine)) else 'singular'}; fix the header's "
+                        "qform/sform (e.g. re-export the image)")
     return img
 
 
@@ -352,20 +395,54 @@ def check_events(events: pd.DataFrame, n_scans: int, t_r: float, path: str = "ev
     events = events.loc[:, list(REQUIRED_EVENT_COLUMNS)].copy()
     if events.empty:
         raise DataError(f"{path}: the events table has no events; add at least one condition block")
+    rows = lambda mask: ", ".join(str(i + 2) for i in np.flatnonzero(mask)[:10])  # noqa: E731 (file line numbers)
     events["onset"] = pd.to_numeric(events["onset"], errors="coerce")
     events["duration"] = pd.to_numeric(events["duration"], errors="coerce")
-    if events[["onset", "duration"]].isna().any().any():
-        raise DataError(f"{path}: onset and duration must be numbers (seconds)")
+    bad = events[["onset", "duration"]].isna().any(axis=1) | ~np.isfinite(events[["onset", "duration"]]).all(axis=1)
+    if bad.any():
+        raise DataError(f"{path}: onset and duration must be numbers of seconds (line(s) {rows(bad)}); fix them")
     if (events["duration"] < 0).any():
         raise DataError(f"{path}: negative durations at row(s) "
                         f"{', '.join(map(str, np.flatnonzero(events['duration'] < 0)))}; durations are in seconds and >= 0")
+    if (events["onset"] < -1e6).any():
+        raise DataError(f"{path}: onsets far before the scan (line(s) {rows(events['onset'] < -1e6)}); onsets "
+                        "are in seconds from the first volume")
     run_length = n_scans * t_r
     late = events["onset"] >= run_length
     if late.any():
         raise DataError(f"{path}: {int(late.sum())} onset(s) at or after the end of the scan ({run_length:g} s = "
                         f"{n_scans} scans x TR {t_r:g} s); are onsets in seconds and is the TR right?")
-    events["trial_type"] = events["trial_type"].astype(str)
+    trial = events["trial_type"]
+    empty = trial.isna() | (trial.astype(str).str.strip() == "") | (trial.astype(str).str.strip() == "n/a")
+    if empty.any():
+        raise DataError(f"{path}: trial_type is empty or n/a on line(s) {rows(empty)}; name the condition of "
+                        "every event (or delete the row)")
+    events["trial_type"] = trial.astype(str).str.strip()
+    for name in events["trial_type"].unique():
+        problem = condition_name_problem(name)
+        if problem:
+            raise DataError(f"{path}: trial_type {name!r} {problem}")
+    dup = events.duplicated(keep="first")
+    if dup.any():
+        raise DataError(f"{path}: line(s) {rows(dup)} repeat an earlier event exactly (same onset, duration and "
+                        "trial_type), which would count it twice; delete the duplicates")
     return events.sort_values("onset", kind="stable").reset_index(drop=True)
+
+
+_RESERVED = re.compile(r"(constant|drift_\d+|cosine\d*)\Z")
+
+
+def condition_name_problem(name: str) -> str:
+    """Why a ``trial_type`` value cannot be a condition name (it would break the design or the report), or ""."""
+    if len(name) > 64:
+        return "is longer than 64 characters; shorten the condition names"
+    if any(unicodedata.category(ch)[0] == "C" for ch in name):
+        return "holds a control character (tab, newline, ...); fix the events file"
+    if any(ch in name for ch in "`'\"\\$"):
+        return "holds a quote, backtick, backslash or $; use letters, digits, spaces and _ - . in condition names"
+    if _RESERVED.match(name):
+        return "is also the name of a design-matrix column nilearn adds (constant, drift_N); rename the condition"
+    return ""
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -12,15 +11,13 @@ import pandas as pd
 from nilearn.glm.first_level import FirstLevelModel, make_first_level_design_matrix  # noqa: F401
 
 from .config import Config, GLMConfig
+from .contrasts import ContrastError, entity
+from .contrasts import contrast_vector as _parse
 
 __all__ = ["ContrastError", "ContrastMaps", "make_design", "check_contrast", "contrast_matrix", "fit",
            "compute_contrasts", "entity"]
 
 log = logging.getLogger(__name__)
-
-
-class ContrastError(ValueError):
-    """A contrast that does not fit the design; the message lists the valid condition names."""
 
 
 @dataclass(frozen=True)
@@ -35,12 +32,6 @@ class ContrastMaps:
     variance_img: nib.Nifti1Image
     p_img: nib.Nifti1Image
     vector: tuple[float, ...]
-
-
-def entity(name: str) -> str:
-    """BIDS entity value for a contrast name: letters and digits only (``task_vs_rest`` -> ``taskVsRest``)."""
-    parts = [p for p in re.split(r"[^A-Za-z0-9]+", name) if p]
-    return parts[0] + "".join(p[:1].upper() + p[1:] for p in parts[1:]) if parts else "contrast"
 
 
 def make_design(events: pd.DataFrame, n_scans: int, glm: GLMConfig,
@@ -61,16 +52,8 @@ def make_design(events: pd.DataFrame, n_scans: int, glm: GLMConfig,
 
 
 def check_contrast(expression: str, design: pd.DataFrame, conditions: list[str], name: str = "") -> None:
-    """Raise :class:`ContrastError` if ``expression`` names something that is not a design column."""
-    if not expression.strip():
-        raise ContrastError(f"contrast {name!r} is empty; write it by condition name, e.g. {conditions[0]!r}")
-    tokens = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expression)
-    unknown = [t for t in tokens if t not in design.columns]
-    if unknown:
-        raise ContrastError(
-            f"contrast {name or expression!r} names unknown condition(s) {', '.join(map(repr, unknown))}; "
-            f"valid conditions: {', '.join(map(repr, conditions))} (rest is the implicit baseline)")
-    vec = contrast_vector(expression, design)
+    """Raise :class:`ContrastError` unless ``expression`` is a contrast over the design's columns."""
+    vec = contrast_vector(expression, design, name, conditions)
     if not np.any(vec):
         raise ContrastError(f"contrast {name or expression!r} has all-zero weights; it tests nothing")
 
@@ -80,20 +63,26 @@ def describe_direction(expression: str, conditions: list[str]) -> str:
 
     A single condition is compared with the implicit baseline (rest); ``A - B`` reads ``A > B``.
     """
-    expr = expression.replace(" ", "")
-    if expr in conditions:
-        return f"{expr} > rest"
-    m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)-([A-Za-z_][A-Za-z0-9_]*)", expr)
-    if m:
-        return f"{m.group(1)} > {m.group(2)}"
-    return f"{expression} > 0"
+    from .contrasts import contrast_vector as parse
+
+    try:
+        vec = parse(expression, conditions)
+    except ContrastError:  # it also uses confound or drift columns
+        return f"{expression.strip()} > 0"
+    terms = {c: w for c, w in zip(conditions, vec) if w}
+    if len(terms) == 1 and list(terms.values()) == [1.0]:
+        return f"{next(iter(terms))} > rest"
+    if len(terms) == 2 and sorted(terms.values()) == [-1.0, 1.0]:
+        pos = next(c for c, w in terms.items() if w > 0)
+        neg = next(c for c, w in terms.items() if w < 0)
+        return f"{pos} > {neg}"
+    return f"{expression.strip()} > 0"
 
 
-def contrast_vector(expression: str, design: pd.DataFrame) -> np.ndarray:
-    """Weights over the design columns for a contrast written by condition name."""
-    from nilearn.glm.contrasts import expression_to_contrast_vector
-
-    return np.asarray(expression_to_contrast_vector(expression, list(design.columns)), dtype=float)
+def contrast_vector(expression: str, design: pd.DataFrame, name: str = "",
+                    conditions: list[str] | None = None) -> np.ndarray:
+    """Weights over the design columns for a contrast written by condition name (our parser, no eval)."""
+    return _parse(expression, list(design.columns), name, conditions)
 
 
 def contrast_matrix(contrasts: dict[str, str], design: pd.DataFrame) -> pd.DataFrame:
@@ -133,8 +122,9 @@ def compute_contrasts(model: FirstLevelModel, design: pd.DataFrame, contrasts: d
     out = {}
     for name, expr in contrasts.items():
         check_contrast(expr, design, conditions, name)
-        maps = model.compute_contrast(expr, stat_type="t", output_type="all")
+        vec = contrast_vector(expr, design, name, conditions)
+        maps = model.compute_contrast(vec, stat_type="t", output_type="all")  # numbers only, never a string
         out[name] = ContrastMaps(name=name, expression=expr, z_img=maps["z_score"], stat_img=maps["stat"],
                                  effect_img=maps["effect_size"], variance_img=maps["effect_variance"],
-                                 p_img=maps["p_value"], vector=tuple(contrast_vector(expr, design)))
+                                 p_img=maps["p_value"], vector=tuple(vec))
     return out

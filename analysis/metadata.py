@@ -209,8 +209,9 @@ def to_quarto(meta: ReportMetadata, *, simulated: bool = False, subtitle: str = 
 
     ``book.title``, ``book.author`` and ``book.abstract`` are book options: Quarto puts them on the
     title page of the PDF and Word books and on the HTML home page only (a top-level ``abstract`` would
-    be repeated on every HTML chapter). ``keywords`` is document metadata (HTML ``<meta>``, PDF and
-    Word document properties).
+    be repeated on every HTML chapter). ``keywords`` go to the PDF and Word books only (title page and
+    document properties): as top-level metadata Quarto would repeat them under every HTML chapter's
+    title; the HTML home page lists them itself (``index.qmd``).
     """
     title = meta.title + (" \u2014 SIMULATED DATA" if simulated else "")
     book: dict[str, Any] = {"title": title, "author": [a.to_quarto() for a in meta.authors]}
@@ -220,7 +221,7 @@ def to_quarto(meta: ReportMetadata, *, simulated: bool = False, subtitle: str = 
         book["abstract"] = meta.abstract
     out: dict[str, Any] = {"book": book}
     if meta.keywords:
-        out["keywords"] = list(meta.keywords)
+        out["format"] = {fmt: {"keywords": list(meta.keywords)} for fmt in ("typst", "docx")}
     return out
 
 
@@ -317,7 +318,10 @@ def shared_files(res: "Results", links_from: str | Path | None = None) -> pd.Dat
             sidecar = path.with_name(path.name.replace(".nii.gz", ".json"))
             if rel.endswith(".nii.gz") and sidecar.exists():
                 cells.append(_file_cell(sidecar, rel.replace(".nii.gz", ".json"), links_from, "JSON sidecar"))
-            rows.append({"Contrast": c.name, "Content": _ROLES.get(role, role), "File": " + ".join(cells),
+            from .text import md, md_escape
+
+            rows.append({"Contrast": c.name, "Content": _ROLES.get(role, role),
+                         "File": md(" + ".join(md_escape(cell) for cell in cells)),
                          "Size": _size(path)})
     design = res.path("tables/design.tsv")
     if design.exists():
@@ -328,9 +332,15 @@ def shared_files(res: "Results", links_from: str | Path | None = None) -> pd.Dat
 
 def _file_cell(path: Path, rel: str, links_from, label: str | None = None) -> str:
     if links_from is None:
-        return f"`{rel}`" if label is None else "JSON sidecar"
+        from .text import md, md_code
+
+        return md_code(rel) if label is None else "JSON sidecar"
     href = os.path.relpath(path.resolve(), Path(links_from).resolve()).replace(os.sep, "/")
-    return f"[{label or path.name}]({href})"
+    from urllib.parse import quote
+
+    from .text import md, md_escape
+
+    return md(f"[{md_escape(label or path.name)}](<{quote(str(href))}>)")
 
 
 def _size(path: Path) -> str:

@@ -93,6 +93,14 @@ def load_statmap(config: Config) -> StatMap:
     if not cfg.space.upper().startswith("MNI"):
         raise DataError(f"{cfg.path}: statmap.space = {cfg.space!r}; the report needs a map in MNI space "
                         "(atlas labels and DMN masks are in MNI): normalise the map first")
+    values = np.asarray(img.dataobj, dtype=np.float64)
+    informative = values[np.isfinite(values) & (values != 0)]
+    if informative.size == 0:
+        raise DataError(f"{cfg.path}: the map holds no non-zero finite value (all zero or NaN); export the "
+                        "contrast's statistical map again")
+    if np.unique(informative).size <= 2 and np.all(np.isin(np.unique(informative), (1.0, -1.0, 255.0))):
+        raise DataError(f"{cfg.path}: the map holds only the values {sorted(set(np.unique(informative)) | {0.0})}, "
+                        "so it is a mask, not a statistical map; point statmap.path at the z or t map")
     mni_brain = load_mni152_brain_mask(resolution=2)
     coverage = mni_coverage(img, mni_brain)
     if coverage < MIN_COVERAGE:

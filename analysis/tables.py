@@ -13,9 +13,20 @@ __all__ = ["dataset_summary", "events", "thresholds", "clusters", "markdown", "s
 
 
 def markdown(df: pd.DataFrame, index: bool = False) -> str:
-    """Pipe-table Markdown (renders in HTML, typst PDF and Word)."""
-    df = df.map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v)
-    df.columns = [str(c).replace("|", "\\|") for c in df.columns]
+    """Pipe-table Markdown (renders in HTML, typst PDF and Word).
+
+    Every cell and header is literal text (:func:`analysis.text.md_escape`) unless the package built it as
+    Markdown with :func:`analysis.text.md` (a link, a citation); ``|`` never ends a cell.
+    """
+    def cell(v):
+        if isinstance(v, str):
+            return text.md_escape(v).replace("|", "\\|")
+        return v
+
+    df = df.map(cell)
+    df.columns = [cell(str(c)) for c in df.columns]
+    if index:
+        df.index = [cell(str(i)) for i in df.index]
     return df.to_markdown(index=index, tablefmt="pipe", disable_numparse=True)
 
 
@@ -73,17 +84,19 @@ def clusters(c: ContrastResult, sign: str | None = None, max_rows: int | None = 
         t = t[t["Sign"] == ("+" if sign == "+" else "\u2212")]
     if t.empty:
         return pd.DataFrame([{"Cluster": "\u2014", "Peak (x, y, z) mm": "no voxel survived " + c.primary.label,
-                              "z": "", "p": "", "Size (voxels)": "", "Size (mm\u00b3)": ""}])
+                              "z": "", "p (voxel, uncorrected)": "", "Size (voxels)": "", "Size (mm\u00b3)": ""}])
     out = pd.DataFrame({
         "Cluster": t["Cluster ID"].astype(str).map(lambda s: s if s.isdigit() else f"\u2003{s}"),
         "Peak (x, y, z) mm": [text.fmt_mni(xyz).replace(" mm", "") for xyz in t[["X", "Y", "Z"]].to_numpy()],
         "z": t["Peak Stat"].map(text.fmt_z),
-        "p": t["Peak p"].map(text.fmt_p_cell),
+        "p (voxel, uncorrected)": t["Peak p"].map(text.fmt_p_cell),
         "Size (voxels)": t["Cluster Size (voxels)"].map(_int_or_blank),
         "Size (mm\u00b3)": t["Cluster Size (mm3)"].map(_int_or_blank),
     })
     if "Label" in t.columns:
-        out["Harvard-Oxford label"] = t["Label"].fillna("").astype(str)
+        dist = t["Label distance (mm)"] if "Label distance (mm)" in t.columns else [None] * len(t)
+        out["Harvard-Oxford label"] = [text.fmt_label(lab, d) if isinstance(lab, str) else ""
+                                       for lab, d in zip(t["Label"], dist)]
     if "Top Region" in t.columns:
         out["Largest share of cluster"] = [
             f"{r} ({text.fmt_pct(sh, 0)})" if isinstance(r, str) and r and sh == sh else ""
@@ -127,22 +140,35 @@ def calibration(main, reference=None) -> pd.DataFrame:
 
 
 def dmn_networks(d) -> pd.DataFrame:
-    """Network-level tests: the DMN (Yeo), the Default parcels (Schaefer) and the auditory control."""
+    """Network-level tests: the DMN (Yeo), the Default parcels (Schaefer) and the positive-control network."""
     rows = []
+    control = f"{d.control_name} network, positive control (Seitzman et al. 2020)" if d.control_name else ""
     for label, nt in (("DMN (Yeo 2011, network 7)", d.network), ("DMN (Schaefer 2018 Default parcels)",
                                                                   d.network_schaefer),
-                      ("Auditory control (Seitzman 2018)", d.control_network)):
+                      (control, d.control_network)):
         if nt is None:
             continue
+        eff, lo, hi = text.fmt_signal([nt.effect, nt.ci_low, nt.ci_high], min_digits=3)
         rows.append({"Network": label, "Voxels": f"{nt.n_voxels:,}",
-                     "Effect (% signal)": text.fmt_num(nt.effect, 3),
-                     "95 % CI": f"{text.fmt_num(nt.ci_low, 3)} to {text.fmt_num(nt.ci_high, 3)}",
+                     "Effect (% signal)": eff, "95 % CI": f"{lo} to {hi}",
                      f"t({nt.dof:g})": text.fmt_z(nt.t), "p": text.fmt_p_cell(nt.p)})
     return pd.DataFrame(rows)
 
 
+def dmn_overlaps(info: dict, c: ContrastResult) -> pd.DataFrame:
+    """Overlap of each thresholded map of the results chapter (negative side) with the DMN."""
+    rows = []
+    for o in info.get("overlaps") or []:
+        rows.append({"Threshold": o["label"] + (" (primary)" if o["key"] == c.primary_key else ""),
+                     "z cut-off": o["threshold_text"],
+                     f"Voxels with {c.negative_direction}": f"{o['n_below']:,}",
+                     "of them in the DMN": f"{o['n_overlap']:,}",
+                     "Share of the DMN": text.fmt_pct(o["share_dmn_below"] or 0.0)})
+    return pd.DataFrame(rows)
+
+
 def dmn_nodes(d, only_significant: bool = False) -> pd.DataFrame:
-    """DMN node table (Seitzman 2018 DefaultMode spheres), optionally only FDR-significant nodes."""
+    """DMN node table (Seitzman et al. 2020 DefaultMode spheres), optionally only FDR-significant nodes."""
     t = d.nodes_table
     if t is None or t.empty:
         return pd.DataFrame([{"Node": "\u2014", "Label": "no DMN nodes were analysed"}])
@@ -151,10 +177,13 @@ def dmn_nodes(d, only_significant: bool = False) -> pd.DataFrame:
         if t.empty:
             return pd.DataFrame([{"Node": "\u2014", "Label": f"no node passed FDR q < {d.alpha:g}"}])
     t = t.sort_values("p")
+    dist = t["Label distance (mm)"] if "Label distance (mm)" in t.columns else [None] * len(t)
+    cis = [text.fmt_signal([a, b]) for a, b in zip(t["CI Low"], t["CI High"])]
     return pd.DataFrame({
         "Node": t["ROI"], "Peak (x, y, z) mm": [text.fmt_mni(v).replace(" mm", "") for v in t[["X", "Y", "Z"]].to_numpy()],
-        "Label": t["Label"], "Effect (%)": t["Effect"].map(lambda v: text.fmt_num(v, 2)),
-        "95 % CI": [f"{text.fmt_num(a, 2)} to {text.fmt_num(b, 2)}" for a, b in zip(t["CI Low"], t["CI High"])],
+        "Label": [text.fmt_label(lab, dd) for lab, dd in zip(t["Label"], dist)],
+        "Effect (%)": t["Effect"].map(lambda v: text.fmt_num(v, 2)),
+        "95 % CI": [f"{a} to {b}" for a, b in cis],
         "t": t["t"].map(text.fmt_z), "q (FDR)": t["q"].map(text.fmt_p_cell),
     }).reset_index(drop=True)
 
@@ -166,7 +195,7 @@ def atlas_comparison(d) -> pd.DataFrame:
                          "Regions": t["Regions"], "Networks": t["Networks"],
                          "Loaded in this run": [s if s == "loaded" else s.replace("not available: ", "no: ")
                                                 for s in t["Status"]],
-                         "Reference": t["Citation"]})
+                         "Reference": [text.md(c) for c in t["Citation"]]})  # pandoc @citekeys
 
 
 def motion_summary(pre: dict) -> pd.DataFrame:

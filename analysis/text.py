@@ -9,15 +9,114 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import jinja2
 
 __all__ = ["fmt_z", "fmt_p", "fmt_p_cell", "fmt_mni", "fmt_k", "fmt_mm3", "fmt_pct", "fmt_num",
-           "fmt_list", "render", "environment"]
+           "fmt_list", "fmt_label", "fmt_signal", "render", "environment", "Md", "md", "md_escape", "md_code",
+           "plain_text"]
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
+
+
+# ----------------------------------------------------------------------------- escaping
+#
+# One rule for every string that enters the report's Markdown (and, through Quarto, its HTML, typst and
+# Word output): text is literal unless the package itself marked it as Markdown with ``md()``. The
+# template environment applies it to every ``{{ ... }}`` expression, so no template can forget it; the
+# number filters below return Markdown (their output is the package's own).
+
+class Md(str):
+    """A string of Markdown written by the package (citations, emphasis): inserted as it is."""
+
+    __slots__ = ()
+
+
+def md(text: str) -> Md:
+    """Mark ``text`` as the package's own Markdown (never use it on user-supplied text)."""
+    return text if isinstance(text, Md) else Md(text)
+
+
+# characters that start Markdown, pandoc or Quarto syntax anywhere in a line: links and images [..](..),
+# code `..`, emphasis *..*, shortcodes {{< >}} and attributes {=html}, math $..$, citations @key,
+# sub/superscript ~ ^, and the backslash itself
+_MD_SPECIAL = set("\\`*[]{}$@~^")
+# a "<" that could open raw HTML or an autolink (<script>, </p>, <!--, <http://...>); "q < 0.05" stays
+_TAG_OPEN = re.compile(r"<(?=[^\s\d=])")
+# "_" at a word boundary (emphasis); inside a word (pumps_demean) pandoc reads it literally
+_EMPH_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+# what opens a block at the start of a line: headings, block quotes, lists, tables, divs, setext rules
+_BLOCK_START = re.compile(r"^([#>+=:-]|\d+[.)](?=\s|$))")
+
+
+def plain_text(text) -> str:
+    """A user string on one line: control characters (newlines, tabs) become spaces, runs of spaces one space."""
+    text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in str(text))
+    return re.sub(r"\s+", " ", text)
+
+
+def md_escape(text, keep_paragraphs: bool = False) -> Md:
+    """Literal text as Markdown: every syntax character backslash-escaped, HTML never passed through.
+
+    Parameters
+    ----------
+    text : str
+        User-supplied text (a condition name, a title, a file name).
+    keep_paragraphs : bool
+        Keep blank lines as paragraph breaks (an abstract); otherwise the text becomes one line.
+    """
+    if isinstance(text, Md):
+        return text
+    if keep_paragraphs:
+        parts = [plain_text(p).strip() for p in re.split(r"\n[ \t]*\n", str(text))]
+        return Md("\n\n".join(md_escape(p) for p in parts if p))
+    out = []
+    for ch in plain_text(text):
+        if ch in _MD_SPECIAL:
+            out.append("\\" + ch)
+        elif ch == "\u00b6":  # the templates' paragraph marker
+            out.append("&para;")
+        else:
+            out.append(ch)
+    escaped = _EMPH_UNDERSCORE.sub(r"\\_", _TAG_OPEN.sub(r"\\<", "".join(out)))
+    return Md(_BLOCK_START.sub(lambda m: m.group(0)[:-1] + "\\" + m.group(0)[-1], escaped))
+
+
+def md_code(text) -> Md:
+    """``text`` as an inline code span, whatever backticks it holds (literal inside, nothing interpreted)."""
+    text = plain_text(text)
+    runs = [len(r) for r in re.findall(r"`+", text)]
+    fence = "`" * (max(runs, default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return Md(f"{fence}{pad}{text}{pad}{fence}")
+
+
+def _finalize(value):
+    """Applied by Jinja to every ``{{ ... }}``: package Markdown as is, anything else as literal text."""
+    if isinstance(value, Md):
+        return value
+    if isinstance(value, bool) or value is None:
+        return md_escape(str(value))
+    if isinstance(value, (int, float)):
+        return md_escape(repr(value) if isinstance(value, float) else str(value))
+    return md_escape(value)
+
+
+def _md_filter(fn):
+    """A number filter returns the package's own text: mark it as Markdown."""
+    def wrapped(*args, **kwargs):
+        return md_escape(fn(*args, **kwargs))
+    wrapped.__name__ = fn.__name__
+    wrapped.__doc__ = fn.__doc__
+    return wrapped
+
+
+def _join_filter(items) -> Md:
+    """``join_en`` in templates: each item escaped unless it is package Markdown."""
+    return Md(fmt_list(_finalize(i) for i in items))
 
 
 def fmt_z(value: float) -> str:
@@ -88,6 +187,28 @@ def fmt_list(items: Iterable[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def fmt_label(label: str, distance_mm: float | None = None) -> str:
+    """An atlas label as read at a point: ``Left Heschl's Gyrus``, or ``nearest: Right Planum Temporale,
+    2.2 mm`` when the point itself lies outside every labelled region (distance > 0)."""
+    try:
+        d = float(distance_mm)
+    except (TypeError, ValueError):
+        d = 0.0
+    if not math.isfinite(d) or d <= 0:
+        return str(label)
+    return f"nearest: {label}, {d:.1f} mm"
+
+
+def fmt_signal(values: Sequence[float], min_digits: int = 2, max_digits: int = 4) -> list[str]:
+    """Numbers shown together (an effect and its CI) with enough decimals that none of the non-zero
+    ones reads as 0.00 and signs stay visible: ``[-0.002, 0.011]`` -> ``["−0.002", "0.011"]``."""
+    vals = [float(v) for v in values]
+    digits = min_digits
+    while digits < max_digits and any(v != 0 and math.isfinite(v) and round(abs(v), digits) == 0 for v in vals):
+        digits += 1
+    return [fmt_num(v, digits) if math.isfinite(v) else "n/a" for v in vals]
+
+
 PARAGRAPH = "\u00b6\u00b6"  # marks a paragraph break (a blank line in the template source)
 
 
@@ -112,9 +233,11 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=False,
         autoescape=False,
+        finalize=_finalize,  # every expression is literal text unless the package marked it md()
     )
-    env.filters.update(z=fmt_z, p=fmt_p, mni=fmt_mni, k=fmt_k, mm3=fmt_mm3,
-                       pct=fmt_pct, num=fmt_num, join_en=fmt_list)
+    env.filters.update({name: _md_filter(fn) for name, fn in dict(
+        z=fmt_z, p=fmt_p, mni=fmt_mni, k=fmt_k, mm3=fmt_mm3, pct=fmt_pct, num=fmt_num).items()})
+    env.filters.update(join_en=_join_filter, code=md_code, md=md, label=fmt_label, signal=fmt_signal)
     return env
 
 
