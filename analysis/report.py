@@ -144,11 +144,19 @@ def dataset_line(res: Results) -> str:
 
 
 def figure(res: Results, role: str, missing: str = "Not available in this run."):
-    """The figure for a chapter cell: an Image, or a one-line note when the run did not make it."""
-    from IPython.display import Image, Markdown
+    """The figure for a chapter cell: a Markdown image link, or a one-line note when the run did not make it.
+
+    The link is relative to the chapter being rendered (Quarto's ``QUARTO_DOCUMENT_PATH``; else the working
+    directory). A link, not an ``Image`` display: the cell's output is then the same for every format, which lets
+    one execution serve the HTML, PDF and Word books (``analysis/freeze.py``), and the PNG is not copied.
+    """
+    import os
+
+    from IPython.display import Markdown
 
     if role in res.figures:
-        return Image(filename=str(res.figure(role)))
+        here = os.environ.get("QUARTO_DOCUMENT_PATH") or os.getcwd()
+        return Markdown(f"![]({os.path.relpath(res.figure(role), here).replace(os.sep, '/')})")
     return Markdown(f"*{missing}*")
 
 

@@ -165,7 +165,8 @@ name = "Charles Babbage"
     assert q["book"]["title"] == "A title"
     assert q["book"]["author"][0] == {"name": "Ada Lovelace", "orcid": "0000-0002-1825-0097",
                                       "corresponding": True, "affiliations": [{"name": "Engine Lab"}]}
-    assert q["book"]["abstract"].startswith("An abstract") and q["keywords"] == ["fMRI", "GLM"]
+    assert q["book"]["abstract"].startswith("An abstract") and q["format"]["typst"]["keywords"] == ["fMRI", "GLM"]
+    assert "keywords" not in q and q["format"]["docx"]["keywords"] == ["fMRI", "GLM"]  # not under every HTML chapter
     out = metadata.write_quarto_metadata(meta, tmp_path / "_report-metadata.yml")
     assert yaml.safe_load(out.read_text(encoding="utf-8")) == q
 

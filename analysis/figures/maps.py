@@ -58,14 +58,21 @@ def plot_map(img, out_file, *, bg_img=None, title: str = "", threshold: float | 
 
 
 def plot_glass(thresholded_img, out_file, *, title: str = "", threshold: float | None = None) -> Path:
-    """Glass brain of a thresholded map (both signs)."""
+    """Glass brain of a thresholded map (both signs).
+
+    ``threshold``: the cut-off already applied to the map (voxels at or below it are transparent); by default
+    every non-zero voxel is drawn. Without a threshold nilearn would draw the zeros of a two-sided map in the
+    middle colour of ``cold_hot`` (black), as opaque boxes over the outlines.
+    """
     fig = plt.figure(figsize=(9, 3.2))
     data = np.asarray(thresholded_img.dataobj)
     vmax = float(np.abs(data).max()) or 1.0
+    if threshold is None or not math.isfinite(threshold) or threshold <= 0:
+        threshold = 1e-6
     with glass_brain_outlines():
         plotting.plot_glass_brain(thresholded_img, figure=fig, display_mode="lyrz", colorbar=True, plot_abs=False,
                                   cmap="cold_hot", symmetric_cbar=True, vmax=vmax, title=title or None,
-                                  threshold=threshold if threshold and math.isfinite(threshold) else None)
+                                  threshold=threshold)
     return save_figure(fig, out_file)
 
 
@@ -115,6 +122,8 @@ def plot_viewer(img, out_file, *, mni: bool, threshold: float | None = None, tit
                     title=title or None, symmetric_cmap=True, width_view=640)
     out_file = Path(out_file)
     html = view.get_iframe()
+    # nilearn's page links its favicon from the internet; the report must open offline
+    html = re.sub(r"&lt;link rel=&quot;icon&quot;.*?/&gt;", "", html, count=1, flags=re.S)
     # nilearn names the viewer's elements with a random uuid4; a name derived from the file keeps the output
     # byte-identical from run to run
     match = re.search(r"viewer-([0-9a-f]{32})", html)
