@@ -16,35 +16,48 @@ from .config import ConfigError, load_config
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
     parser.add_argument("--config", "-c", default=None, help="TOML config (default: analysis.toml)")
-    parser.add_argument("--dataset", choices=["spm_auditory", "simulated"], help="override data.dataset")
+    parser.add_argument("--dataset", choices=["spm_auditory", "simulated", "bids", "statmap"],
+                        help="override data.dataset")
     parser.add_argument("--force", action="store_true", help="recompute even if cached results are valid")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the config, report metadata, inputs, events and contrasts; fit nothing")
     parser.add_argument("--prerender", action="store_true",
                         help="Quarto pre-render hook: run (cached), write _report-metadata.yml, keep _freeze/ in step")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress messages")
+    parser.add_argument("--verbose", "-v", action="store_true", help="also show the libraries' own warnings")
     args = parser.parse_args(argv)
 
-    from .pipeline import main_logging, run
+    from .pipeline import main_logging
 
     if not args.quiet:
         main_logging()
-    logging.captureWarnings(False)
+    _library_warnings(verbose=args.verbose)
     try:
+        from .metadata import from_toml
+
+        meta = from_toml(args.config)  # the [report] table too, before anything is computed or replaced
         config = load_config(args.config)
         if args.dataset:
             config = config.replace(data={"dataset": args.dataset})
+        if args.check:
+            from .pipeline import check
+
+            print(f"ok: {check(config)}")
+            return 0
+        from .pipeline import run
+
         results = run(config, force=args.force)
         if args.prerender:  # Quarto pre-render: title page (from [report]) that says which data were used
-            from .metadata import from_toml, write_quarto_metadata
+            from .metadata import write_quarto_metadata
             from .report import subtitle
 
-            write_quarto_metadata(from_toml(args.config), simulated=results.dataset.is_simulated,
-                                  subtitle=subtitle(results))
+            write_quarto_metadata(meta, simulated=results.dataset.is_simulated, subtitle=subtitle(results))
             from pathlib import Path
 
             from .freeze import sync_freeze
-            from .pipeline import _cache_dir
+            from .pipeline import cache_dir
 
-            sync_freeze(results.cache_key, Path.cwd(), _cache_dir(config))
+            sync_freeze(results.cache_key, Path.cwd(), cache_dir(config))
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
@@ -54,6 +67,27 @@ def main(argv: list[str] | None = None) -> int:
           f"contrast {c.name}: {p.label}: {p.n_pos} positive / {p.n_neg} negative voxels, "
           f"{len(c.peaks())} clusters; results in {results.path('results/results.json')}")
     return 0
+
+
+def _library_warnings(verbose: bool) -> None:
+    """Library warnings go to the log: shown with ``--verbose``, otherwise kept out of the progress lines.
+
+    What matters to the reader (excluded voxels, a skipped step, simulated data) the package logs in its own
+    words; nilearn's and numpy's warnings are details of how it got there.
+    """
+    import warnings
+
+    logging.captureWarnings(True)
+    wlog = logging.getLogger("py.warnings")
+    wlog.propagate = False
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[warning] %(message)s"))
+        wlog.addHandler(handler)
+        wlog.setLevel(logging.WARNING)
+        warnings.simplefilter("default")
+    else:
+        wlog.addHandler(logging.NullHandler())
 
 
 if __name__ == "__main__":

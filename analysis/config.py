@@ -62,6 +62,16 @@ class BIDSConfig:
     derivatives: str = ""  # fMRIPrep folder ("" = <root>/derivatives/fmriprep)
     confounds: tuple[str, ...] = ()  # fMRIPrep confound columns to add to the design, e.g. ["trans_x", ...]
 
+    def __post_init__(self):
+        for key in ("subject", "task", "session", "run", "space"):
+            value = getattr(self, key)
+            if value and not re.fullmatch(r"[A-Za-z0-9]+", value):
+                raise ConfigError(f"bids.{key} = {value!r} is not a BIDS label; use letters and digits only, "
+                                  f"without the '{key[:3] if key != 'session' else 'ses'}-' prefix")
+        for c in self.confounds:
+            if not re.fullmatch(r"[A-Za-z0-9_]+", c):
+                raise ConfigError(f"bids.confounds: {c!r} is not an fMRIPrep confound column name")
+
 
 @dataclass(frozen=True)
 class StatMapConfig:
@@ -152,7 +162,7 @@ class CalibrationConfig:
     """The check that null z values are standard normal (empirical null and null designs)."""
 
     enabled: bool = True
-    n_null: int = 6  # null designs: the task regressor shifted circularly in time
+    n_null: int = 6  # null designs: the task blocks put in another order (nearly orthogonal designs)
     tolerance: float = 0.1  # empirical-null SD must lie in 1 +- tolerance (mean in 0 +- tolerance)
     reference_model: str = "ar1"  # also calibrate this noise model for comparison ("" = skip)
     reference_n_null: int = 2
@@ -187,13 +197,13 @@ class PreprocessingConfig:
 
 @dataclass(frozen=True)
 class DMNConfig:
-    """The Default Mode Network analysis (Yeo 2011 network, Seitzman 2018 nodes, Schaefer 2018 parcels)."""
+    """The Default Mode Network analysis (Yeo 2011 network, Seitzman 2020 nodes, Schaefer 2018 parcels)."""
 
     enabled: bool = True
     node_radius: float = 6.0  # mm, spheres around the Seitzman DefaultMode / Auditory coordinates
     seed_radius: float = 8.0  # mm, posterior-cingulate seed for the seed-based map
     seed_map: bool = True
-    # positive control: a Seitzman 2018 network expected to respond to the contrast, "none", or "auto"
+    # positive control: a Seitzman (2020) network expected to respond to the contrast, "none", or "auto"
     # (Auditory for the listening task of the SPM auditory / simulated data, none for other data)
     control_network: str = "auto"
 

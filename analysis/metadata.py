@@ -6,7 +6,7 @@ analysis cache key. Example::
 
     [report]
     title = "Listening vs rest: a first-level fMRI report"
-    abstract = "One paragraph; Markdown and @citekeys are allowed."
+    abstract = "One or more paragraphs of plain text; bare @citekeys are cited."
     keywords = ["fMRI", "general linear model", "auditory cortex"]
 
     [[report.authors]]
@@ -50,7 +50,8 @@ METADATA_FILE = Path("_report-metadata.yml")
 DEFAULT_TITLE = "Listening vs rest: a first-level fMRI report"
 
 _ORCID_RE = re.compile(r"^(?:https?://orcid\.org/)?(\d{4}-\d{4}-\d{4}-\d{3}[\dX])$")
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$")
+_CITE_ESCAPED = re.compile(r"(^|[\s(;])\\@(?=[A-Za-z0-9_])")  # an escaped bare @citekey in the abstract
 
 
 class MetadataError(ValueError):
@@ -69,7 +70,9 @@ class Author:
 
     def to_quarto(self) -> dict[str, Any]:
         """Quarto's author schema (``name``, ``orcid``, ``email``, ``affiliations``)."""
-        out: dict[str, Any] = {"name": self.name}
+        from .text import md_escape
+
+        out: dict[str, Any] = {"name": str(md_escape(self.name))}
         if self.orcid:
             out["orcid"] = self.orcid
         if self.email:
@@ -77,7 +80,7 @@ class Author:
         if self.corresponding:
             out["corresponding"] = True
         if self.affiliation:
-            out["affiliations"] = [{"name": self.affiliation}]
+            out["affiliations"] = [{"name": str(md_escape(self.affiliation))}]
         return out
 
 
@@ -213,15 +216,20 @@ def to_quarto(meta: ReportMetadata, *, simulated: bool = False, subtitle: str = 
     document properties): as top-level metadata Quarto would repeat them under every HTML chapter's
     title; the HTML home page lists them itself (``index.qmd``).
     """
-    title = meta.title + (" \u2014 SIMULATED DATA" if simulated else "")
-    book: dict[str, Any] = {"title": title, "author": [a.to_quarto() for a in meta.authors]}
+    from .text import md_escape
+
+    # Quarto reads every metadata string as Markdown: user text is escaped so it shows as written
+    # (``<script>``, ``{{< ... >}}``, ``[x](javascript:...)`` stay literal); the abstract keeps its paragraphs
+    # and bare @citekeys
+    title = md_escape(meta.title) + (" \u2014 SIMULATED DATA" if simulated else "")
+    book: dict[str, Any] = {"title": str(title), "author": [a.to_quarto() for a in meta.authors]}
     if subtitle:
-        book["subtitle"] = subtitle
+        book["subtitle"] = str(md_escape(subtitle))
     if meta.abstract:
-        book["abstract"] = meta.abstract
+        book["abstract"] = _CITE_ESCAPED.sub(r"\1@", str(md_escape(meta.abstract, keep_paragraphs=True)))
     out: dict[str, Any] = {"book": book}
     if meta.keywords:
-        out["format"] = {fmt: {"keywords": list(meta.keywords)} for fmt in ("typst", "docx")}
+        out["format"] = {fmt: {"keywords": [str(md_escape(k)) for k in meta.keywords]} for fmt in ("typst", "docx")}
     return out
 
 

@@ -205,6 +205,8 @@ def remove_stale(out: Path) -> None:
         for folder in out.glob(f"{prefix}*"):
             if folder.is_dir() and not folder.is_symlink() and (folder / _MARKER).is_file():
                 shutil.rmtree(folder, ignore_errors=True)
+            elif folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+                folder.rmdir()  # killed between its creation and its marker: empty
 
 
 def discard(folder: Path) -> None:

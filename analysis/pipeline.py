@@ -15,31 +15,27 @@ from the configuration, the package version and the checksums of the input files
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import __version__, data
+from . import __version__, data, outputs
 from .config import Config, load_config
 from .figures.parallel import figure_module
 from .results import ContrastResult, DatasetInfo, ModelInfo, Results, plain
 
-__all__ = ["run", "load_results", "OUTPUT_FOLDERS", "compute_cache_key"]
+__all__ = ["run", "check", "check_design", "cache_dir", "load_results", "OUTPUT_FOLDERS", "compute_cache_key"]
 
 log = logging.getLogger("analysis")
 
-OUTPUT_FOLDERS = ("figures", "tables", "derivatives", "results")
+OUTPUT_FOLDERS = outputs.OUTPUT_FOLDERS
 RESULTS_FILE = Path("results") / "results.json"
 
 
@@ -71,6 +67,8 @@ def run(config: Config | str | Path | None = None, *, force: bool = False) -> Re
         config = load_config(config)
     out = Path(config.output.dir).resolve()
     cache = _cache_dir(config)
+    outputs.check_output_dir(out, _project_dirs())
+    outputs.check_cache_dir(cache, out)
     _check_writable(out)
     cache.mkdir(parents=True, exist_ok=True)
     if not force:
@@ -78,20 +76,79 @@ def run(config: Config | str | Path | None = None, *, force: bool = False) -> Re
         if cached is not None:
             log.info("results are up to date (cache key %s)", cached.cache_key[:12])
             return cached
-    with _lock(cache / "analysis.lock"):
+    outputs.check_owned(out)  # before any computation: never replace what the project did not write
+    with outputs.lock(cache / "analysis.lock"):
         if not force:  # another process may have finished while we waited
             cached = _valid_cached(config, out)
             if cached is not None:
                 return cached
-        for stale in [*cache.glob("staging-*"), *cache.glob("old-staging-*")]:  # left by a killed run
-            shutil.rmtree(stale, ignore_errors=True)
-        stage = cache / f"staging-{uuid.uuid4().hex[:8]}"
+        outputs.remove_stale(out)  # left by a killed run (only folders carrying our marker)
+        stage = outputs.new_stage(out)
         try:
             _compute(config, stage, out)
-            _publish(stage, out)
+            outputs.write_manifest(stage)
+            outputs.publish(stage, out)
         finally:
-            shutil.rmtree(stage, ignore_errors=True)
+            outputs.discard(stage)
     return Results.from_json(out / RESULTS_FILE, output_dir=out)
+
+
+def _project_dirs() -> list[Path]:
+    """The folders whose source subfolders may never be output folders: here, and the package's project."""
+    return [Path.cwd().resolve(), Path(__file__).resolve().parents[1]]
+
+
+def check_design(run: data.Run, config: Config) -> pd.DataFrame:
+    """The design matrix of ``run``, after checking that its columns are distinct and every contrast fits it.
+
+    Raises
+    ------
+    DataError, ContrastError
+        One line naming the events file or the contrast and the fix.
+    """
+    from . import glm
+
+    events_file = next((p for n, p in run.files.items() if n.endswith("events.tsv")), "events")
+    conditions = sorted(run.events["trial_type"].unique())
+    if run.confounds is not None:
+        clash = sorted(set(conditions) & {str(c) for c in run.confounds.columns})
+        if clash:
+            raise data.DataError(f"{events_file}: condition(s) {', '.join(map(repr, clash))} have the name of a "
+                                 "confound column; rename the condition(s)")
+    design = glm.make_design(run.events, run.n_scans, config.glm, confounds=run.confounds)
+    dup = sorted({str(c) for c in design.columns[design.columns.duplicated()]})
+    if dup:
+        raise data.DataError(f"{events_file}: the design matrix would hold column(s) {', '.join(map(repr, dup))} "
+                             "twice (a condition named like a derivative, drift or confound column); rename the "
+                             "condition(s)")
+    for name, expr in config.contrasts.items():
+        glm.check_contrast(expr, design, conditions, name)
+    return design
+
+
+def check(config: Config | str | Path | None = None) -> str:
+    """Validate the configuration, the inputs, the events and the contrasts without fitting anything.
+
+    Returns a one-line summary; raises the same one-line errors as :func:`run`.
+    """
+    if not isinstance(config, Config):
+        config = load_config(config)
+    out = Path(config.output.dir).resolve()
+    outputs.check_output_dir(out, _project_dirs())
+    outputs.check_cache_dir(cache_dir(config), out)
+    if out.exists():
+        outputs.check_owned(out)
+    if config.data.dataset == "statmap":
+        from .statmap import load_statmap
+
+        sm = load_statmap(config)
+        return f"{sm.path}: {sm.stat} map, {int(np.count_nonzero(np.asarray(sm.mask_img.dataobj)))} voxels in the mask"
+    cache = cache_dir(config)
+    run = data.load_run(config, cache_dir=cache)
+    _check_t_r(run, config)
+    design = check_design(run, config.replace(glm={"t_r": run.t_r}))
+    return (f"{run.dataset}: {run.n_scans} volumes, TR {run.t_r:g} s, {design.shape[1]} design columns, "
+            f"{len(config.contrasts)} contrast(s) valid")
 
 
 def compute_cache_key(config: Config, input_checksums: dict[str, str]) -> str:
@@ -106,9 +163,13 @@ def compute_cache_key(config: Config, input_checksums: dict[str, str]) -> str:
 
 # ----------------------------------------------------------------------------- cache
 
-def _cache_dir(config: Config) -> Path:
+def cache_dir(config: Config) -> Path:
+    """The resolved cache folder (``output.cache_dir``, relative to ``output.dir``)."""
     cache = Path(config.output.cache_dir)
     return (cache if cache.is_absolute() else Path(config.output.dir) / cache).resolve()
+
+
+_cache_dir = cache_dir
 
 
 def _check_writable(out: Path) -> None:
@@ -141,7 +202,9 @@ def _valid_cached(config: Config, out: Path) -> Results | None:
         log.warning("%s: cached results unreadable (%s); recomputing", path, exc)
         return None
     missing = [p for p in _recorded_paths(results) if not (out / p).exists()]
-    return None if missing else results
+    if missing or not outputs.verify(out):  # every file of the generation present with its recorded hash
+        return None
+    return results
 
 
 _STAMPS_FILE = "input-checksums.json"
@@ -197,33 +260,6 @@ def _recorded_paths(results: Results) -> list[str]:
     return paths
 
 
-@contextlib.contextmanager
-def _lock(path: Path):
-    """Exclusive lock on ``path`` for this process.
-
-    A POSIX record lock (``lockf``), not ``flock``: it belongs to this process only, so the figure workers it
-    forks do not inherit it, and it is released the moment this process ends, even if it is killed.
-    """
-    with open(path, "a+") as fh:
-        fcntl.lockf(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.lockf(fh, fcntl.LOCK_UN)
-
-
-def _publish(stage: Path, out: Path) -> None:
-    """Swap each staged folder into place; results/ last, so it only ever points at complete files."""
-    trash = stage.parent / f"old-{stage.name}"
-    trash.mkdir()
-    for name in OUTPUT_FOLDERS:
-        src, dst = stage / name, out / name
-        if dst.exists():
-            os.replace(dst, trash / name)
-        os.replace(src, dst)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 # ----------------------------------------------------------------------------- the analysis
 
 def _compute(config: Config, stage: Path, out: Path) -> Results:
@@ -240,9 +276,6 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
 
     pool.start()  # the workers import the plotting modules while the data load
     t0 = time.perf_counter()
-    for name in OUTPUT_FOLDERS:
-        (stage / name).mkdir(parents=True)
-    (stage / "figures" / ".gitignore").write_text("*\n!.gitignore\n")
     if config.data.dataset == "statmap":
         results = _compute_statmap(config, stage, out, pool)
         log.info("analysis finished in %.1f s", time.perf_counter() - t0)
@@ -253,6 +286,7 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     if run.is_fallback:
         log.warning("THIS REPORT USES SIMULATED DATA: %s", run.fallback_reason)
     t_r_header = _check_t_r(run, config)
+    check_design(run, config.replace(glm={"t_r": run.t_r}))  # events and contrasts, before any computation
     checksums = _checksums(dict(sorted(run.files.items())), _cache_dir(config))
     key = compute_cache_key(config, checksums)
     config = config.replace(glm={"t_r": run.t_r})  # from here on the TR is the data's (checked above)
@@ -264,10 +298,8 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     bold = run.bold_img
 
     _step("building the design matrix")
-    design = glm.make_design(run.events, run.n_scans, config.glm, confounds=run.confounds)
+    design = check_design(run, config)
     conditions = sorted(run.events["trial_type"].unique())
-    for name, expr in config.contrasts.items():
-        glm.check_contrast(expr, design, conditions, name)
     (design.rename_axis("frame_time").to_csv(stage / "tables" / "design.tsv", sep="\t", float_format="%.6g"))
     cmat = glm.contrast_matrix(config.contrasts, design)
     fmaps = figure_module("maps")
@@ -288,9 +320,9 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     extras["atlas"] = _atlas_info(atlases, run.space)
 
     _step("thresholding, cluster tables and map figures")
-    contrast_results = {}
+    contrast_results, thresholded = {}, {}
     for i, (name, m) in enumerate(maps.items()):
-        contrast_results[name] = _infer_contrast(
+        contrast_results[name], thresholded[name] = _infer_contrast(
             w, config, name, m.expression, glm.describe_direction(m.expression, conditions), m.z_img, mask_img,
             space=run.space, atlases=atlases, bg_img=bg_img, vector=m.vector, effect_img=m.effect_img,
             truth=run.truth, viewer=i == 0)  # the downloads chapter shows the main contrast interactively
@@ -299,9 +331,10 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     # while the calibration runs
     if config.dmn.enabled:
         first = next(iter(contrast_results.values()))
-        extras["dmn"] = _dmn(config, run, bold, design, maps[first.name], first, mask.mask_img, w, bg_img, model)
+        extras["dmn"] = _dmn(config, run, bold, design, maps[first.name], first, mask.mask_img, w, bg_img, model,
+                             thresholded[first.name])
     if config.calibration.enabled:
-        extras["calibration"] = _calibrate(config, bold, design, mask.mask_img, model, w)
+        extras["calibration"] = _calibrate(config, bold, design, mask.mask_img, model, w, run)
 
     raw_bold = raw.bold_img
     arr = np.asarray(raw_bold.dataobj)
@@ -309,7 +342,7 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
         dataset=run.dataset, description=run.description, space=run.space, is_simulated=run.is_simulated,
         fallback_reason=run.fallback_reason, shape=tuple(int(s) for s in raw_bold.shape),
         voxel_size=tuple(float(z) for z in raw_bold.header.get_zooms()[:3]), dtype=str(raw_bold.get_data_dtype()),
-        value_min=float(arr.min()), value_max=float(arr.max()), n_scans=run.n_scans, t_r=run.t_r,
+        value_min=_finite(arr, np.min), value_max=_finite(arr, np.max), n_scans=run.n_scans, t_r=run.t_r,
         t_r_header=t_r_header, has_anat=raw.anat_img is not None, events=run.events, t_r_source=run.t_r_source,
         acquired_space=raw.space,
         files={n: {"path": str(Path(p).resolve()), "sha256": checksums[n]} for n, p in sorted(run.files.items())})
@@ -360,14 +393,14 @@ def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
                     "statmap": {"path": sm.path, "stat": sm.stat, "dof": sm.dof, "source": sm.source,
                                 "coverage": sm.coverage, "conversion": sm.conversion}}
     _step("thresholding, cluster tables and map figures")
-    contrast = _infer_contrast(
+    contrast, thresholded = _infer_contrast(
         w, config, sm.contrast, sm.contrast, sm.direction, sm.z_img, sm.mask_img, space=sm.space,
         atlases=atlases, bg_img=bg_img,
         extra_sidecar={"Source": sm.source, "SourceFile": name, "SourceStatistic": sm.stat,
                        "DegreesOfFreedom": sm.dof or None}, viewer=True)
     if config.dmn.enabled:
         _step("overlap with the Default Mode Network")
-        extras["dmn_overlap"] = _dmn_overlap(config, sm.z_img, sm.mask_img, contrast, w, bg_img)
+        extras["dmn_overlap"] = _dmn_overlap(config, sm.mask_img, contrast, w, bg_img, thresholded)
     src_img = nib.load(sm.path)
     src = np.asarray(src_img.dataobj, dtype=np.float64)
     finite = src[np.isfinite(src)]
@@ -388,23 +421,35 @@ def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
     return results
 
 
-def _dmn_overlap(config: Config, z_img, mask_img, contrast: ContrastResult, w, bg_img) -> dict:
-    """Without time series, the DMN can only be compared with the map by overlap."""
-    from .dmn import dmn_definitions, dmn_overlap
+def _dmn_overlap(config: Config, mask_img, contrast: ContrastResult, w, bg_img, thresholded: dict) -> dict:
+    """Without time series, the DMN can only be compared with the map by overlap.
+
+    The overlap is counted on the very thresholded maps of the results chapter (``thresholded``:
+    ``{key: (image, ThresholdResult)}``), at the primary threshold and at each of the others.
+    """
+    from .dmn import dmn_definitions, overlaps_by_threshold
     fdmn = figure_module("dmn")
 
-    defs = dmn_definitions(data.nilearn_data_dir(config), node_radius=config.dmn.node_radius)
-    thr = contrast.primary if np.isfinite(contrast.primary.z_threshold) else contrast.threshold("fpr")
+    defs = dmn_definitions(data.nilearn_data_dir(config), node_radius=config.dmn.node_radius, control_network=None)
     if defs.main_img is None:
         return {"available": False, "reason": "no DMN atlas could be loaded", "source": defs.network_source}
-    ov = dmn_overlap(z_img, thr.z_threshold, defs.main_img, mask_img)
-    w.draw(fdmn.plot_z_with_dmn_contours, z_img, defs.main_img,
+    primary_img, primary = thresholded[contrast.primary_key]
+    overlaps = overlaps_by_threshold(thresholded, defs.main_img, mask_img)
+    w.draw(fdmn.plot_z_with_dmn_contours, primary_img, defs.main_img,
            w.fig("dmn.contours", f"contrast-{contrast.entity}_desc-dmncontours_statmap.png"),
-           threshold=thr.z_threshold, bg_img=bg_img)
-    return {"available": True, "source": defs.network_source, "threshold_label": thr.label,
-            "z_threshold": thr.z_threshold, "n_dmn": ov.n_dmn, "n_below": ov.n_suprathreshold,
-            "n_overlap": ov.n_overlap, "share_dmn_below": ov.share_dmn_below,
-            "share_below_in_dmn": None if ov.share_below_in_dmn != ov.share_below_in_dmn else ov.share_below_in_dmn}
+           threshold=_display_cut(primary), bg_img=bg_img)
+    main = next(o for o in overlaps if o["key"] == contrast.primary_key)
+    return {"available": True, "source": defs.network_source, "threshold_key": primary.key,
+            "threshold_label": primary.label, "threshold_text": primary.threshold_text,
+            "has_cutoff": primary.has_cutoff, "z_threshold": primary.z_threshold if primary.has_cutoff else None,
+            "n_dmn": main["n_dmn"], "n_below": main["n_below"], "n_overlap": main["n_overlap"],
+            "share_dmn_below": main["share_dmn_below"], "share_below_in_dmn": main["share_below_in_dmn"],
+            "overlaps": overlaps}
+
+
+def _display_cut(result) -> float:
+    """Colour threshold for drawing an already thresholded map: just below its cut-off (every survivor shows)."""
+    return float(np.nextafter(result.z_threshold, 0)) if result.has_cutoff else 1.0
 
 
 class _Writer:
@@ -459,15 +504,20 @@ def _label_atlases(config: Config, space: str):
 
 def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, direction: str, z_img, mask_img, *,
                     space: str, atlases, bg_img, vector=(), effect_img=None, truth=None,
-                    extra_sidecar: dict | None = None, viewer: bool = False) -> ContrastResult:
-    """Thresholds, labelled cluster table, derivative maps and map figures of one contrast's z map."""
+                    extra_sidecar: dict | None = None, viewer: bool = False) -> tuple[ContrastResult, dict]:
+    """Thresholds, labelled cluster table, derivative maps and map figures of one contrast's z map.
+
+    Returns the contrast's results and the thresholded maps, ``{key: (image, ThresholdResult)}``: the DMN
+    step counts its overlap on these very maps.
+    """
     from . import glm, inference
     fmaps = figure_module("maps")
 
     ent = glm.entity(name)
+    z_img = inference.mask_map(z_img, mask_img)  # the one map every threshold, table, figure and file reads
     thr = inference.threshold_all(z_img, mask_img, config.inference)
     primary_img, primary = thr[config.inference.primary]
-    clusters, label_img = inference.cluster_table(z_img, primary, config.inference.min_distance)
+    clusters, label_img = inference.cluster_table(z_img, primary, config.inference.min_distance, mask_img)
     if not clusters.empty and atlases is not None:
         from .atlas import label_cluster_table
 
@@ -523,7 +573,7 @@ def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, dire
         name=name, entity=ent, expression=expression, vector=tuple(vector),
         thresholds=tuple(r for _, r in thr.values()), primary_key=config.inference.primary,
         clusters=clusters, z_max=float(z.max()), z_min=float(z.min()), direction=direction, files=files,
-        recovery=recovery)
+        recovery=recovery), thr
 
 
 def _preprocess(config: Config, run: data.Run, w: _Writer) -> tuple[data.Run, dict]:
@@ -592,67 +642,104 @@ def _preprocess(config: Config, run: data.Run, w: _Writer) -> tuple[data.Run, di
     return new, info
 
 
-def _calibrate(config: Config, bold, design, mask_img, model, w) -> dict:
-    """Calibration of the main contrast's z map (and of the reference noise model, for comparison)."""
+def _calibrate(config: Config, bold, design, mask_img, model, w, run=None) -> dict:
+    """Calibration of the main contrast's z map (and of the reference noise model, for comparison).
+
+    The null designs put the run's task blocks in another order and are rebuilt by the same design builder as
+    the real design (same HRF, drifts and confounds).
+    """
+    from . import glm
     from .calibration import calibrate
     plot_calibration = figure_module("calibration").plot_calibration
 
     name, expr = next(iter(config.contrasts.items()))
     cal_cfg = config.calibration
+    null_kw = {"seed": config.data.seed}
+    if run is not None:
+        null_kw.update(events=run.events, design_fn=lambda ev: glm.make_design(ev, run.n_scans, config.glm,
+                                                                               confounds=run.confounds))
     _step(f"calibration of the {config.glm.noise_model} z map ({cal_cfg.n_null} null designs)")
     main = calibrate(bold, design, mask_img, contrast=expr, t_r=config.glm.t_r, n_null=cal_cfg.n_null,
-                     tolerance=cal_cfg.tolerance, model=model)
+                     tolerance=cal_cfg.tolerance, model=model, **null_kw)
     w.draw(plot_calibration, main, w.fig("calibration", "desc-calibration_zdist.png"))
     out = {"main": main.to_dict(), "reference": None, "contrast": name}
     if cal_cfg.reference_model and cal_cfg.reference_model != config.glm.noise_model:
         _step(f"calibration of the reference {cal_cfg.reference_model} model")
         ref = calibrate(bold, design, mask_img, contrast=expr, t_r=config.glm.t_r, n_null=cal_cfg.reference_n_null,
                         tolerance=cal_cfg.tolerance, noise_model=cal_cfg.reference_model, data_model=model,
-                        rho_fwhm=config.glm.rho_fwhm or None)  # reuses the main model's masked data
+                        rho_fwhm=config.glm.rho_fwhm or None, **null_kw)  # reuses the main model's masked data
         w.draw(plot_calibration, ref, w.fig("calibration_reference", "desc-calibrationreference_zdist.png"))
         out["reference"] = ref.to_dict()
     return out
 
 
-def _dmn(config: Config, run, bold, design, maps, contrast: ContrastResult, mask_img, w, bg_img, model=None) -> dict:
-    """The Default Mode Network analysis of the main contrast, its images and figures."""
+def _control_network(config: Config, run) -> tuple[str | None, str]:
+    """The positive-control network (a Seitzman (2020) network or None) and why, for the prose."""
+    choice = config.dmn.control_network
+    if choice == "none":
+        return None, "no positive-control network was set in the configuration (dmn.control_network = \"none\")"
+    if choice != "auto":
+        return choice, "set in the configuration (dmn.control_network)"
+    if run.dataset in ("spm_auditory", "simulated"):
+        return "Auditory", "the default for the auditory listening task of this dataset"
+    return None, ("the report does not know which network this task should engage, so no positive control was "
+                  "assumed; set dmn.control_network to a network the contrast should activate (for example "
+                  "\"Visual\" for a visual task)")
+
+
+def _dmn(config: Config, run, bold, design, maps, contrast: ContrastResult, mask_img, w, bg_img, model=None,
+         thresholded: dict | None = None) -> dict:
+    """The Default Mode Network analysis of the main contrast, its images and figures.
+
+    Every count of the DMN chapter is taken from the results chapter's thresholded maps (``thresholded``:
+    ``{key: (image, ThresholdResult)}``): the primary threshold for the prose and figure, all of them for the
+    overlap table. No other threshold is used without being named.
+    """
     import nibabel as nib
 
     fig = w.fig
-    from .dmn import analyse_dmn
+    from .dmn import analyse_dmn, overlaps_by_threshold
     fdmn = figure_module("dmn")
 
-    thr = contrast.primary if np.isfinite(contrast.primary.z_threshold) else contrast.threshold("fpr")
+    primary_img, thr = thresholded[contrast.primary_key]
+    control, control_choice = _control_network(config, run)
     _step(f"Default Mode Network analysis ({config.glm.noise_model} noise model)")
     result, images = analyse_dmn(
         bold, design, maps.z_img, thr.z_threshold, mask_img, contrast=maps.expression,
         noise_model=config.glm.noise_model, alpha=config.inference.alpha,
         data_dir=data.nilearn_data_dir(config), space=run.space, t_r=config.glm.t_r,
         node_radius=config.dmn.node_radius, seed_radius=config.dmn.seed_radius,
-        compute_seed=config.dmn.seed_map, return_images=True, model=model)
+        compute_seed=config.dmn.seed_map, return_images=True, model=model, thresholded_img=primary_img,
+        seed_threshold_spec=thr.spec, control_network=control, control_choice=control_choice)
     out = {"result": result.to_dict(), "threshold_key": thr.key, "threshold_label": thr.label,
-           "z_threshold": thr.z_threshold}
+           "threshold_text": thr.threshold_text, "has_cutoff": thr.has_cutoff,
+           "z_threshold": thr.z_threshold if thr.has_cutoff else None, "contrast_name": contrast.name}
     if not result.applicable:
         return out
     ent = contrast.entity
     if images.get("dmn_mask") is not None:
+        out["overlaps"] = overlaps_by_threshold(thresholded, images["dmn_mask"], mask_img)
         nib.save(images["dmn_mask"], w.stage / "derivatives" / "desc-dmn_mask.nii.gz")
         w.draw(fdmn.plot_dmn_map, images["dmn_mask"], fig("dmn.map", "desc-dmn_map.png"),
                schaefer_mask_img=images.get("schaefer_mask"))
-        w.draw(fdmn.plot_z_with_dmn_contours, maps.z_img, images["dmn_mask"],
+        w.draw(fdmn.plot_z_with_dmn_contours, primary_img, images["dmn_mask"],
                fig("dmn.contours", f"contrast-{ent}_desc-dmncontours_statmap.png"),
-               threshold=thr.z_threshold, bg_img=bg_img)
+               threshold=_display_cut(thr), bg_img=bg_img)
     if result.nodes_table is not None and not result.nodes_table.empty:
         w.draw(fdmn.plot_dmn_nodes, result.nodes_table, fig("dmn.nodes", "desc-dmnnodes_glass.png"),
                control=result.control_table)
         w.draw(fdmn.plot_roi_effects, result.nodes_table,
                fig("dmn.effects", f"contrast-{ent}_desc-dmnnodes_effects.png"),
                control_table=result.control_table, network=result.network,
-               control_network=result.control_network, alpha=config.inference.alpha)
+               control_network=result.control_network, alpha=config.inference.alpha,
+               control_name=result.control_name or "control")
     if images.get("seed_z") is not None:
         nib.save(images["seed_z"], w.stage / "derivatives" / "desc-pccseed_stat-z_statmap.nii.gz")
-        w.draw(fdmn.plot_seed_map, images["seed_z"], fig("dmn.seed", "desc-pccseed_stat-z_statmap.png"),
-               threshold=thr.z_threshold, dmn_mask_img=images.get("dmn_mask"), bg_img=bg_img)
+        seed_thr = images.get("seed_thresholded")
+        w.draw(fdmn.plot_seed_map, seed_thr if seed_thr is not None else images["seed_z"],
+               fig("dmn.seed", "desc-pccseed_stat-z_statmap.png"),
+               threshold=float(np.nextafter(result.seed.threshold, 0)) if np.isfinite(result.seed.threshold) else 1.0,
+               dmn_mask_img=images.get("dmn_mask"), bg_img=bg_img)
     return out
 
 
@@ -688,6 +775,12 @@ def _background(run: data.Run, bold):
     from nilearn.image import mean_img
 
     return mean_img(bold, copy_header=True)
+
+
+def _finite(arr: np.ndarray, reduce) -> float:
+    """``reduce`` (min or max) over the finite values of ``arr`` (NaN and inf voxels are excluded, and counted)."""
+    finite = arr[np.isfinite(arr)]
+    return float(reduce(finite)) if finite.size else 0.0
 
 
 def _versions() -> dict[str, str]:

@@ -31,7 +31,7 @@ def _noise_text(res: Results) -> str:
     if m.name == "ar1_bc" and res.config.glm.rho_fwhm:
         extra = (f", the autocorrelation being smoothed with a {res.config.glm.rho_fwhm:g} mm FWHM Gaussian kernel "
                  "before the correction")
-    return f"the temporal noise was modelled with {m.cited_description}{extra}"
+    return text.md(f"the temporal noise was modelled with {m.cited_description}{extra}")  # holds @citations
 
 
 def calibration(res: Results):
@@ -62,16 +62,20 @@ def methods(res: Results) -> str:
 
 
 def _peaks(c: ContrastResult, sign: str, n: int, labelled: bool) -> list[dict]:
+    """The ``n`` largest clusters of one sign (most voxels first; ties: the higher peak), as the prose lists them."""
+    main = c.peaks(sign)
+    if main.empty:
+        return []
+    size = main["Cluster Size (voxels)"].astype(float)
+    order = sorted(range(len(main)), key=lambda i: (-size.iloc[i], -abs(float(main["Peak Stat"].iloc[i]))))
     out = []
-    for _, row in c.peaks(sign).head(n).iterrows():
-        label = ""
-        if labelled:
-            for col in ("Label: Harvard-Oxford", "Label"):
-                if col in row and isinstance(row[col], str) and row[col]:
-                    label = row[col]
-                    break
-        out.append({"xyz": (row["X"], row["Y"], row["Z"]), "z": row["Peak Stat"],
-                    "k": row["Cluster Size (voxels)"], "label": label})
+    for _, row in main.iloc[order[:n]].iterrows():
+        label, nearest = "", False
+        if labelled and isinstance(row.get("Label"), str) and row["Label"]:
+            label = text.fmt_label(row["Label"], row.get("Label distance (mm)"))
+            nearest = label != row["Label"]
+        out.append({"id": str(row["Cluster ID"]), "xyz": (row["X"], row["Y"], row["Z"]), "z": row["Peak Stat"],
+                    "k": row["Cluster Size (voxels)"], "label": label, "nearest": nearest})
     return out
 
 
@@ -103,10 +107,10 @@ def dmn_reason(res: Results) -> str:
 
 
 def dmn_text(res: Results) -> str:
-    d, _ = dmn(res)
+    d, info = dmn(res)
     if d is None:
         return "The Default Mode Network analysis was switched off in the configuration (`dmn.enabled = false`)."
-    return text.render("dmn.md.j2", dmn=d)
+    return text.render("dmn.md.j2", dmn=d, info=info, c=res.contrast(info.get("contrast_name")))
 
 
 def dmn_callout(res: Results) -> str:
@@ -117,7 +121,7 @@ def dmn_callout(res: Results) -> str:
         missing.update(d.unavailable)
     if not missing:
         return ""
-    items = "\n".join(f"- **{name}**: {reason}" for name, reason in sorted(missing.items()))
+    items = "\n".join(f"- **{text.md_escape(name)}**: {text.md_escape(reason)}" for name, reason in sorted(missing.items()))
     return ("::: {.callout-note}\n## Atlases not available in this run\n\n"
             "These atlases could not be fetched; their columns and rows are marked unavailable:\n\n"
             f"{items}\n:::\n")
@@ -138,9 +142,10 @@ def dataset_line(res: Results) -> str:
     if not ds.has_time_series:
         sm = res.extras.get("statmap", {})
         stat = f"t map, {sm.get('dof', 0):g} degrees of freedom" if sm.get("stat") == "t" else "z map"
-        return f"{sm.get('source', ds.description)} ({stat}, {ds.space})"
+        return text.md_escape(f"{sm.get('source', ds.description)} ({stat}, {ds.space})")
     sim = " (simulated)" if ds.is_simulated and ds.dataset != "simulated" else ""
-    return f"{ds.dataset}{sim}, {ds.n_scans} volumes, TR {text.fmt_num(ds.t_r, 2).rstrip('0').rstrip('.')} s, {ds.space}"
+    return text.md_escape(f"{ds.dataset}{sim}, {ds.n_scans} volumes, TR "
+                          f"{text.fmt_num(ds.t_r, 2).rstrip('0').rstrip('.')} s, {ds.space}")
 
 
 def figure(res: Results, role: str, missing: str = "Not available in this run."):
@@ -176,7 +181,7 @@ def preprocessing_text(res: Results) -> str:
     """Preprocessing methods and motion QC paragraph (or why preprocessing did not run)."""
     pre = res.extras.get("preprocessing") or {"ran": False, "reason": "not recorded"}
     if not pre["ran"]:
-        return f"No preprocessing was run: {pre['reason']}."
+        return f"No preprocessing was run: {text.md_escape(pre['reason'])}."
     return text.render("preprocessing.md.j2", **pre["context"])
 
 
@@ -228,7 +233,7 @@ def fallback_callout(res: Results) -> str:
     ds = res.dataset
     if not ds.is_simulated:
         return ""
-    why = (f"The requested SPM auditory dataset was not used: {ds.fallback_reason}." if ds.fallback_reason
+    why = (f"The requested SPM auditory dataset was not used: {text.md_escape(ds.fallback_reason)}." if ds.fallback_reason
            else "The configuration selects the simulated dataset (`data.dataset = \"simulated\"`).")
     return ("::: {.callout-warning}\n## Simulated data\n\n"
             f"Every number, map and table in this report comes from **simulated data**, not from a real scan. {why} "

@@ -43,12 +43,14 @@ def md(text: str) -> Md:
 # characters that start Markdown, pandoc or Quarto syntax anywhere in a line: links and images [..](..),
 # code `..`, emphasis *..*, shortcodes {{< >}} and attributes {=html}, math $..$, citations @key,
 # sub/superscript ~ ^, and the backslash itself
-_MD_SPECIAL = set("\\`*[]{}$@~^")
+_MD_SPECIAL = set("\\`*[]{}$@~^&")
+_DASHES = re.compile(r"--+")  # smart typography would make -- an en dash
 # a "<" that could open raw HTML or an autolink (<script>, </p>, <!--, <http://...>); "q < 0.05" stays
 _TAG_OPEN = re.compile(r"<(?=[^\s\d=])")
 # "_" at a word boundary (emphasis); inside a word (pumps_demean) pandoc reads it literally
 _EMPH_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
 # what opens a block at the start of a line: headings, block quotes, lists, tables, divs, setext rules
+_DOUBLE_BRACE = re.compile(r"\{\{+|\}\}+|::+")  # shortcodes; ::: (Quarto warns of a broken fenced div)
 _BLOCK_START = re.compile(r"^([#>+=:-]|\d+[.)](?=\s|$))")
 
 
@@ -74,7 +76,9 @@ def md_escape(text, keep_paragraphs: bool = False) -> Md:
         parts = [plain_text(p).strip() for p in re.split(r"\n[ \t]*\n", str(text))]
         return Md("\n\n".join(md_escape(p) for p in parts if p))
     out = []
-    for ch in plain_text(text):
+    # Quarto finds shortcodes ({{< >}}) in metadata even after backslash escapes, and a stray ">}}" stops the
+    # render: a word joiner (U+2060, invisible) keeps doubled braces apart
+    for ch in _DOUBLE_BRACE.sub(lambda m: "\u2060".join(m.group(0)), plain_text(text)):
         if ch in _MD_SPECIAL:
             out.append("\\" + ch)
         elif ch == "\u00b6":  # the templates' paragraph marker
@@ -82,6 +86,7 @@ def md_escape(text, keep_paragraphs: bool = False) -> Md:
         else:
             out.append(ch)
     escaped = _EMPH_UNDERSCORE.sub(r"\\_", _TAG_OPEN.sub(r"\\<", "".join(out)))
+    escaped = _DASHES.sub(lambda m: "".join("\\" + c for c in m.group(0)), escaped)
     return Md(_BLOCK_START.sub(lambda m: m.group(0)[:-1] + "\\" + m.group(0)[-1], escaped))
 
 
