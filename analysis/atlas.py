@@ -97,7 +97,7 @@ ATLAS_SPECS: dict[str, AtlasSpec] = {s.key: s for s in [
     AtlasSpec("schaefer_2018", "Schaefer 2018", "deterministic", "fetch_atlas_schaefer_2018",
               (("n_rois", 400), ("yeo_networks", 7), ("resolution_mm", 2)), "schaefer_2018", "2 mm",
               "400 parcels", "7", "@schaefer2018"),
-    AtlasSpec("seitzman_2018", "Seitzman 2018", "coordinates", "fetch_coords_seitzman_2018", (), None,
+    AtlasSpec("seitzman_2018", "Seitzman 2020", "coordinates", "fetch_coords_seitzman_2018", (), None,
               "spheres of 4-5 mm radius", "300 ROIs", "13 (+ unassigned)", "@seitzman2020"),
     AtlasSpec("difumo", "DiFuMo", "probabilistic", "fetch_atlas_difumo",
               (("dimension", 64), ("resolution_mm", 2)), "difumo_atlases", "2 mm", "64 components", "none",

@@ -10,14 +10,20 @@ Three checks, all on the voxels of the mask:
   normal truncated to ``median(z) +- null_window`` (default 1.5), the "MLE" variant of
   Efron's locfdr; a MAD-based SD (1.4826 x median absolute deviation) is kept as a
   cross-check.
-* **Null designs**: the same data fitted again with the contrast's regressor(s)
-  shifted circularly in time by ``n_null`` offsets chosen so that the shifted regressor
-  is nearly uncorrelated with the real one (after the nuisance regressors are
-  projected out). Whatever these designs "detect" is false.
+* **Null designs**: the same data fitted again with ``n_null`` designs whose task blocks
+  are put in another order (:func:`permuted_block_designs`): the run is cut into segments
+  one block long, the segments are permuted, and the task regressors are rebuilt from the
+  moved events (or, without events, from the moved rows of the design). Orders are kept
+  only if the null regressor is nearly uncorrelated with the real one *and* with every other
+  null regressor (after the nuisance regressors are projected out), so the designs are
+  really different tests. (Circular shifts of a periodic block design are not: every shift
+  by a quarter period gives the same regressor up to sign.) Whatever they "detect" is false.
 
 The z map is called *trustworthy* when the empirical null of the observed z and the
 empirical null of the null-design z both have SD within ``1 +- tolerance`` and mean
-within ``0 +- tolerance``.
+within ``0 +- tolerance`` (the centre), and the share of null-design voxels beyond the
+highest threshold is compatible with its nominal rate: its 95 % binomial interval reaches
+within a factor :data:`TAIL_RATIO` of it (the tail).
 
 Examples
 --------
@@ -40,10 +46,11 @@ if TYPE_CHECKING:  # imported where used, so that the report can read a Calibrat
 from .noise import DEFAULT_NOISE_MODEL, DEFAULT_RHO_FWHM, NOISE_MODELS, NoiseModel, _blas_limited, \
     check_noise_model, estimate_rho, fit_first_level, model_data, t_contrast_z
 
-__all__ = ["THRESHOLDS", "Calibration", "calibrate", "calibration_from_z", "empirical_null",
-           "choose_null_shifts", "z_values"]
+__all__ = ["THRESHOLDS", "TAIL_RATIO", "Calibration", "calibrate", "calibration_from_z", "empirical_null",
+           "choose_null_shifts", "permuted_block_designs", "NullDesigns", "z_values"]
 
 THRESHOLDS = (1.96, 2.58, 3.29)
+TAIL_RATIO = 1.5  # the tail is calibrated when its 95 % interval reaches within this factor of the nominal share
 _QQ_GRID = np.linspace(-5.0, 5.0, 201)  # noqa: E305
 _HIST_EDGES = np.linspace(-6.0, 6.0, 121)
 
@@ -69,10 +76,16 @@ class Calibration:
         |z| cut-offs and their two-sided nominal tail probability.
     observed_share : tuple of float
         Share of voxels with |z| beyond each threshold.
-    null_shifts : tuple of int
-        Signed circular shifts (in scans) of the contrast regressors for the null designs.
-    null_shift_corr : tuple of float
-        Correlation of each shifted regressor with the real one (nuisance projected out).
+    null_corr : tuple of float
+        Correlation of each null design's contrast regressor with the real one (nuisance projected out).
+    null_pair_corr : tuple of tuple of float
+        Correlation matrix of the null designs' contrast regressors with each other (1 on the diagonal).
+    null_method : str
+        How the null designs were built (``"permuted blocks of events"`` or ``"permuted blocks of design rows"``).
+    null_block_scans : int
+        Length of the permuted segments, in scans.
+    null_orders : tuple of tuple of int
+        Segment order of each null design (the real design is ``0, 1, 2, ...``).
     null_design_share : tuple of tuple of float
         For each null design, the share beyond each threshold.
     null_design_pooled_share : tuple of float
@@ -89,8 +102,15 @@ class Calibration:
         Histogram bin edges and densities (count / (n x bin width)) of the observed and null-design z.
     tolerance : float
         Allowed deviation of the empirical-null SD from 1 (and of its mean from 0).
+    tail_count, tail_n : int
+        Null-design voxels beyond the highest threshold, out of all null-design voxels.
+    tail_ci : tuple of float
+        95 % Clopper-Pearson interval of ``tail_count / tail_n`` (treats voxels as independent, so it is
+        narrower than the true uncertainty of a spatially smooth map).
+    tail_ratio : float
+        :data:`TAIL_RATIO`, stored with the verdict it produced.
     trustworthy : bool
-        Both empirical nulls within tolerance.
+        Both empirical nulls within tolerance and the null-design tail compatible with its nominal rate.
     t_r : float
         Repetition time, to express the shifts in seconds.
     """
@@ -107,8 +127,8 @@ class Calibration:
     thresholds: tuple[float, ...]
     nominal_share: tuple[float, ...]
     observed_share: tuple[float, ...]
-    null_shifts: tuple[int, ...]
-    null_shift_corr: tuple[float, ...]
+    null_corr: tuple[float, ...]
+    null_pair_corr: tuple[tuple[float, ...], ...]
     null_design_share: tuple[tuple[float, ...], ...]
     null_design_pooled_share: tuple[float, ...]
     null_design_mean: float
@@ -125,6 +145,13 @@ class Calibration:
     tolerance: float
     trustworthy: bool
     t_r: float
+    null_method: str = ""
+    null_block_scans: int = 0
+    null_orders: tuple[tuple[int, ...], ...] = ()
+    tail_count: int = 0
+    tail_n: int = 0
+    tail_ci: tuple[float, ...] = ()
+    tail_ratio: float = TAIL_RATIO
 
     # ---- read-only views for the templates (no new numbers, only lookups and ratios) ----
     @property
@@ -134,11 +161,45 @@ class Calibration:
 
     @property
     def n_null(self) -> int:
-        return len(self.null_shifts)
+        return len(self.null_design_sds)
 
     @property
-    def null_shift_seconds(self) -> tuple[float, ...]:
-        return tuple(k * self.t_r for k in self.null_shifts)
+    def null_block_seconds(self) -> float:
+        return self.null_block_scans * self.t_r
+
+    @property
+    def max_abs_null_corr(self) -> float:
+        """Largest |correlation| of a null regressor with the real one."""
+        return max((abs(r) for r in self.null_corr), default=float("nan"))
+
+    @property
+    def max_abs_pair_corr(self) -> float:
+        """Largest |correlation| between two null regressors."""
+        n = len(self.null_pair_corr)
+        return max((abs(self.null_pair_corr[i][j]) for i in range(n) for j in range(i + 1, n)), default=float("nan"))
+
+    @property
+    def tail_share(self) -> float:
+        return self.tail_count / self.tail_n if self.tail_n else float("nan")
+
+    @property
+    def tail_nominal(self) -> float:
+        return self.nominal_share[-1]
+
+    @property
+    def tail_ok(self) -> bool:
+        """The null designs' tail beyond the highest threshold is compatible with its nominal rate."""
+        if not self.tail_n or len(self.tail_ci) != 2:
+            return True
+        lo, hi = self.tail_ci
+        return lo <= self.tail_nominal * self.tail_ratio and hi >= self.tail_nominal / self.tail_ratio
+
+    @property
+    def tail_direction(self) -> str:
+        """``"heavy"`` (too many null voxels beyond the threshold), ``"light"`` or ``"ok"``."""
+        if self.tail_ok:
+            return "ok"
+        return "heavy" if self.tail_ci[0] > self.tail_nominal else "light"
 
     @property
     def null_sd_ok(self) -> bool:
@@ -146,7 +207,7 @@ class Calibration:
 
     @property
     def null_design_ok(self) -> bool:
-        if not self.null_shifts:
+        if not self.n_null:
             return True
         return (abs(self.null_design_null_sd - 1) <= self.tolerance
                 and abs(self.null_design_null_mean) <= self.tolerance)
@@ -158,6 +219,8 @@ class Calibration:
             sd = self.null_sd
         elif not self.null_design_ok:
             sd = self.null_design_null_sd
+        elif not self.tail_ok:
+            return "liberal" if self.tail_direction == "heavy" else "conservative"
         else:
             return "calibrated"
         if abs(sd - 1) <= self.tolerance:
@@ -283,6 +346,139 @@ def choose_null_shifts(design_matrix: pd.DataFrame, contrast_vector, n_null: int
     return tuple(k for k, _ in picked), tuple(r for _, r in picked)
 
 
+@dataclass(frozen=True)
+class NullDesigns:
+    """Null design matrices and how they relate to the real design (see :func:`permuted_block_designs`)."""
+
+    designs: tuple  # DataFrames, columns as the real design
+    corr: tuple[float, ...]  # each null contrast regressor vs the real one (nuisance projected out)
+    pair_corr: tuple[tuple[float, ...], ...]  # null vs null
+    orders: tuple[tuple[int, ...], ...]  # segment order of each design
+    block_scans: int
+    method: str
+
+
+def _residual(X: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """The contrast regressor ``X @ c`` with the nuisance columns (weight 0) projected out, unit norm."""
+    nuisance = X[:, c == 0]
+    x = X @ c
+    if nuisance.size:
+        x = x - nuisance @ np.linalg.lstsq(nuisance, x, rcond=None)[0]
+    norm = np.linalg.norm(x)
+    return x / norm if norm > 0 else x
+
+
+def _block_scans(x: np.ndarray) -> int:
+    """Typical length (scans) of the on and off periods of a regressor: the median run above/below mid-range."""
+    on = x > (x.min() + x.max()) / 2
+    edges = np.flatnonzero(np.diff(on.astype(int))) + 1
+    runs = np.diff(np.r_[0, edges, on.size])
+    return max(1, int(np.median(runs))) if runs.size > 1 else max(1, on.size // 4)
+
+
+def permuted_block_designs(design_matrix: pd.DataFrame, contrast_vector, n_null: int = 6, *, events=None,
+                           design_fn=None, t_r: float | None = None, seed: int = 0, max_corr: float = 0.25,
+                           n_candidates: int = 4000) -> NullDesigns:
+    """Null designs that put the task blocks in another order, nearly orthogonal to the real design and each other.
+
+    The run is cut into segments of one block (the median on/off period of the contrast regressor, in scans;
+    a remainder at the end stays in place) and the segments are permuted. With ``events`` and ``design_fn``
+    (``events -> design matrix``, e.g. the pipeline's own design builder) the task regressors are rebuilt
+    from the moved events, so each null design is convolved with the HRF like the real one; otherwise the
+    rows of the task columns are moved. Candidate orders are drawn with a seeded generator and kept only
+    when their contrast regressor (nuisance projected out) has ``|r| <= max_corr`` with the real one and
+    with every null regressor kept so far.
+
+    Returns
+    -------
+    NullDesigns
+        Up to ``n_null`` designs (fewer when the design does not allow more) with their correlations.
+    """
+    X = np.asarray(design_matrix, dtype=float)
+    c = np.asarray(contrast_vector, dtype=float).ravel()
+    n = X.shape[0]
+    task = c != 0
+    L = _block_scans(X @ c)
+    n_seg = n // L
+    if n_null <= 0 or n_seg < 3:
+        return NullDesigns((), (), (), (), L, "")
+    # responses of each segment's task input, moved to the start of the run: a null regressor is the sum of
+    # these, each shifted to the segment's new place (whole scans: a segment is a whole number of scans)
+    cols = [j for j in range(X.shape[1]) if task[j]]
+    pieces = np.zeros((n_seg, n, len(cols)))
+    if events is not None and design_fn is not None and t_r:
+        method = "permuted blocks of events"
+        seg_s = L * float(t_r)
+        seg = np.minimum((events["onset"].to_numpy(dtype=float) // seg_s).astype(int), n_seg)
+        names = list(design_matrix.columns)
+        for j in range(n_seg):
+            ev = events[seg == j].copy()
+            if ev.empty:
+                continue
+            ev["onset"] = ev["onset"] - j * seg_s
+            dm = design_fn(ev.reset_index(drop=True))
+            for k, col in enumerate(cols):
+                if names[col] in dm.columns:
+                    pieces[j, :, k] = dm[names[col]].to_numpy(dtype=float)
+        tail = np.zeros((n, len(cols)))
+        if (seg == n_seg).any():  # events in the remainder keep their place
+            dm = design_fn(events[seg == n_seg].reset_index(drop=True))
+            tail = np.column_stack([dm[names[col]].to_numpy(dtype=float) if names[col] in dm.columns
+                                    else np.zeros(n) for col in cols])
+    else:
+        method = "permuted blocks of design rows"
+        for j in range(n_seg):
+            pieces[j, :L] = X[j * L:(j + 1) * L][:, cols]
+        tail = np.zeros((n, len(cols)))
+        tail[n_seg * L:] = X[n_seg * L:][:, cols]
+
+    def build(order) -> np.ndarray:
+        Xn = X.copy()
+        task_part = tail.copy()
+        for pos, j in enumerate(order):
+            shift = pos * L
+            task_part[shift:] += pieces[j, :n - shift]
+        Xn[:, cols] = task_part
+        return Xn
+
+    rng = np.random.default_rng(seed)
+    real = _residual(X, c)
+    kept: list[tuple[tuple[int, ...], np.ndarray, np.ndarray]] = []
+    seen = {tuple(range(n_seg))}
+    for _ in range(n_candidates):
+        if len(kept) == n_null:
+            break
+        order = tuple(int(v) for v in rng.permutation(n_seg))
+        if order in seen:
+            continue
+        seen.add(order)
+        Xn = build(order)
+        r = _residual(Xn, c)
+        if abs(float(r @ real)) > max_corr or any(abs(float(r @ other)) > max_corr for _, _, other in kept):
+            continue
+        kept.append((order, Xn, r))
+    import pandas as pd
+
+    if method == "permuted blocks of events":  # the kept orders, rebuilt exactly from their moved events
+        exact = []
+        for order, _, _ in kept:
+            new_pos = np.empty(n_seg + 1, dtype=int)
+            new_pos[list(order)] = np.arange(n_seg)
+            new_pos[n_seg] = n_seg  # the remainder stays
+            ev = events.copy()
+            ev["onset"] = ev["onset"].to_numpy(dtype=float) + (new_pos[seg] - seg) * seg_s
+            dm = design_fn(ev.reset_index(drop=True))
+            Xn = X.copy()
+            for col in cols:
+                Xn[:, col] = dm[names[col]].to_numpy(dtype=float) if names[col] in dm.columns else 0.0
+            exact.append((order, Xn, _residual(Xn, c)))
+        kept = exact
+    designs = tuple(pd.DataFrame(Xn, index=design_matrix.index, columns=design_matrix.columns) for _, Xn, _ in kept)
+    corr = tuple(float(r @ real) for _, _, r in kept)
+    pair = tuple(tuple(float(a @ b) for _, _, b in kept) for _, _, a in kept)
+    return NullDesigns(designs, corr, pair, tuple(o for o, _, _ in kept), L, method)
+
+
 def z_values(labels, results, contrast_vector) -> np.ndarray:
     """z of a t contrast from ``run_glm``-style labels/results (what ``compute_contrast`` maps)."""
     from nilearn.glm.contrasts import compute_contrast
@@ -292,7 +488,7 @@ def z_values(labels, results, contrast_vector) -> np.ndarray:
 
 
 def calibration_from_z(z: np.ndarray, null_z: list[np.ndarray] | None = None, *, noise_model: str,
-                       contrast: str, t_r: float, null_shifts=(), null_shift_corr=(),
+                       contrast: str, t_r: float, null: NullDesigns | None = None,
                        tolerance: float = 0.1, thresholds=THRESHOLDS, null_window: float = 1.5) -> Calibration:
     """Build a :class:`Calibration` from z values already computed (observed and null designs)."""
     from scipy import stats
@@ -316,15 +512,20 @@ def calibration_from_z(z: np.ndarray, null_z: list[np.ndarray] | None = None, *,
     med = np.median(z)
     ok_obs = abs(null_sd - 1) <= tolerance and abs(null_mean) <= tolerance
     ok_null = (not pooled.size) or (abs(nd_sd - 1) <= tolerance and abs(nd_mean) <= tolerance)
+    tail_count, tail_ci = 0, ()
+    if pooled.size:
+        tail_count = int(np.count_nonzero(np.abs(pooled) > thresholds[-1]))
+        ci = stats.binomtest(tail_count, int(pooled.size)).proportion_ci(confidence_level=0.95, method="exact")
+        tail_ci = (float(ci.low), float(ci.high))
     tup = lambda a: tuple(float(v) for v in a)  # noqa: E731
-    return Calibration(
+    cal = Calibration(
         noise_model=noise_model, contrast=contrast, n_voxels=int(z.size),
         z_mean=float(z.mean()), z_sd=float(z.std()),
         null_mean=null_mean, null_sd=null_sd, mad_sd=float(1.4826 * np.median(np.abs(z - med))),
         null_window=float(null_window), thresholds=thresholds,
         nominal_share=tup(2 * stats.norm.sf(thresholds)),
         observed_share=_shares(z, thresholds),
-        null_shifts=tuple(int(k) for k in null_shifts), null_shift_corr=tup(null_shift_corr),
+        null_corr=tup(null.corr) if null else (), null_pair_corr=tuple(tup(r) for r in null.pair_corr) if null else (),
         null_design_share=tuple(_shares(a, thresholds) for a in null_z),
         null_design_pooled_share=_shares(pooled, thresholds) if pooled.size else (),
         null_design_mean=float(pooled.mean()) if pooled.size else float("nan"),
@@ -334,16 +535,23 @@ def calibration_from_z(z: np.ndarray, null_z: list[np.ndarray] | None = None, *,
         qq_theoretical=tup(_QQ_GRID[keep]), qq_observed=tup(np.quantile(z, probs[keep])),
         qq_null=tup(np.quantile(pooled, probs[keep])) if pooled.size else (),
         hist_edges=tup(_HIST_EDGES), hist_observed=tup(hist_obs), hist_null=tup(hist_null),
-        tolerance=float(tolerance), trustworthy=bool(ok_obs and ok_null), t_r=float(t_r),
+        tolerance=float(tolerance), trustworthy=False, t_r=float(t_r),
+        null_method=null.method if null else "", null_block_scans=int(null.block_scans) if null else 0,
+        null_orders=tuple(tuple(o) for o in null.orders) if null else (),
+        tail_count=tail_count, tail_n=int(pooled.size), tail_ci=tail_ci, tail_ratio=TAIL_RATIO,
     )
+    import dataclasses
+
+    return dataclasses.replace(cal, trustworthy=bool(ok_obs and ok_null and cal.tail_ok))
 
 
 @_blas_limited
 def calibrate(bold_img, design_matrix: pd.DataFrame, mask_img, *, contrast: str, t_r: float,
               noise_model: str = DEFAULT_NOISE_MODEL, n_null: int = 6, tolerance: float = 0.1,
-              thresholds=THRESHOLDS, null_window: float = 1.5, max_corr: float = 0.2,
+              thresholds=THRESHOLDS, null_window: float = 1.5, max_corr: float = 0.25,
               smoothing_fwhm=None, rho_fwhm: float | None = DEFAULT_RHO_FWHM, n_jobs: int = 1,
-              model=None, data_model=None, **kwargs) -> Calibration:
+              model=None, data_model=None, events=None, design_fn=None, seed: int = 0,
+              **kwargs) -> Calibration:
     """Fit (or reuse) the model, then measure how far its z map is from N(0, 1).
 
     Parameters
@@ -358,7 +566,7 @@ def calibrate(bold_img, design_matrix: pd.DataFrame, mask_img, *, contrast: str,
     noise_model : str
         A key of :data:`analysis.noise.NOISE_MODELS`.
     n_null : int
-        Number of null designs (circularly shifted contrast regressors); 0 skips them.
+        Number of null designs (permuted task blocks, :func:`permuted_block_designs`); 0 skips them.
     tolerance : float
         The z map is trustworthy when the empirical-null SD is within ``1 +- tolerance``
         (and its mean within ``+- tolerance``), for the observed and the null designs.
@@ -367,7 +575,10 @@ def calibrate(bold_img, design_matrix: pd.DataFrame, mask_img, *, contrast: str,
     null_window : float
         Half-width of the central z region for the empirical-null fit.
     max_corr : float
-        Largest allowed |correlation| between a shifted and the real contrast regressor.
+        Largest allowed |correlation| of a null contrast regressor with the real one and with each other.
+    events, design_fn, seed
+        The run's events and the function that builds its design matrix from events: null designs are then
+        rebuilt from moved events (:func:`permuted_block_designs`); ``seed`` draws the block orders.
     smoothing_fwhm, rho_fwhm, n_jobs, **kwargs
         Passed to :func:`analysis.noise.fit_first_level`.
     model : FirstLevelModel, optional
@@ -409,16 +620,14 @@ def calibrate(bold_img, design_matrix: pd.DataFrame, mask_img, *, contrast: str,
         mask = model.masker_.mask_img_
         c = np.asarray(expression_to_contrast_vector(contrast, list(design.columns)), dtype=float)
         z = z_values(model.labels_[0], model.results_[0], c)
-    null_z, shifts, corrs = [], (), ()
+    null_z, null = [], None
     if n_null > 0:
-        shifts, corrs = choose_null_shifts(design, c, n_null, max_corr=max_corr)
+        null = permuted_block_designs(design, c, n_null, events=events, design_fn=design_fn, t_r=t_r, seed=seed,
+                                      max_corr=max_corr)
         Y = model_data(model) if Y is None else Y
-        X = design.to_numpy(dtype=float)
-        for k in shifts:  # only the null contrast's z is needed: no results object per bin
-            X_null = X.copy()
-            X_null[:, c != 0] = np.roll(X[:, c != 0], k, axis=0)
+        for X_null in null.designs:  # only the null contrast's z is needed: no results object per bin
+            X_null = X_null.to_numpy(dtype=float)
             rho = estimate_rho(Y, X_null, noise_model, mask_img=mask, rho_fwhm=rho_fwhm)
             null_z.append(t_contrast_z(Y, X_null, rho, c))
-    return calibration_from_z(z, null_z, noise_model=noise_model, contrast=contrast, t_r=t_r,
-                              null_shifts=shifts, null_shift_corr=corrs, tolerance=tolerance,
-                              thresholds=thresholds, null_window=null_window)
+    return calibration_from_z(z, null_z, noise_model=noise_model, contrast=contrast, t_r=t_r, null=null,
+                              tolerance=tolerance, thresholds=thresholds, null_window=null_window)

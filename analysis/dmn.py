@@ -40,19 +40,22 @@ import pandas as pd
 
 from . import atlas as _atlas
 from .atlas import AtlasStatus, LoadedAtlas, fetch_atlas, is_mni
+from .config import SEITZMAN_NETWORKS
 from .noise import _blas_limited
 
-__all__ = ["PCC_SEED", "DEFAULT_NODE_RADIUS", "DMN_NETWORK", "CONTROL_NETWORK", "ROI_COLUMNS",
+__all__ = ["PCC_SEED", "DEFAULT_NODE_RADIUS", "DMN_NETWORK", "CONTROL_NETWORK", "SEITZMAN_NETWORKS", "ROI_COLUMNS",
            "DMNDefinitions", "NetworkTest", "DMNOverlap", "SeedSummary", "DMNResult",
-           "dmn_definitions", "roi_timeseries", "roi_glm", "network_test", "dmn_overlap", "seed_map",
+           "dmn_definitions", "roi_timeseries", "roi_glm", "network_test", "dmn_overlap", "thresholded_overlap",
+           "overlaps_by_threshold", "seed_map",
            "analyse_dmn"]
 
 PCC_SEED = (0.0, -53.0, 26.0)  # posterior cingulate, as in nilearn's plot_adhd_dmn example
 DEFAULT_NODE_RADIUS = 6.0  # mm
 DMN_NETWORK = "DefaultMode"  # Seitzman network names
-CONTROL_NETWORK = "Auditory"
+CONTROL_NETWORK = "Auditory"  # the positive control when the task is known to be auditory
+
 YEO_DEFAULT = 7
-ROI_COLUMNS = ["ROI", "Network", "X", "Y", "Z", "Label", "Voxels", "Effect", "SE", "CI Low", "CI High", "t",
+ROI_COLUMNS = ["ROI", "Network", "X", "Y", "Z", "Label", "Label distance (mm)", "Voxels", "Effect", "SE", "CI Low", "CI High", "t",
                "dof", "z", "p", "q", "Unit"]
 
 
@@ -78,6 +81,7 @@ class DMNDefinitions:
     n_schaefer_parcels: int
     statuses: dict[str, AtlasStatus]
     network_source: str
+    control_name: str | None = None  # the Seitzman network of ``control`` (None: no positive control)
 
     @property
     def main_img(self) -> nib.Nifti1Image | None:
@@ -97,8 +101,9 @@ def _seitzman_table(bunch, network: str, prefix: str) -> pd.DataFrame:
 
 
 def dmn_definitions(data_dir=None, *, node_radius: float = DEFAULT_NODE_RADIUS, thickness: str = "thick",
-                    atlases: Mapping[str, LoadedAtlas] | None = None, **fetch_kwargs) -> DMNDefinitions:
-    """Load the three views of the DMN and the auditory control; never raises for a missing atlas.
+                    atlases: Mapping[str, LoadedAtlas] | None = None, control_network: str | None = CONTROL_NETWORK,
+                    **fetch_kwargs) -> DMNDefinitions:
+    """Load the three views of the DMN and the positive-control network; never raises for a missing atlas.
 
     Parameters
     ----------
@@ -111,9 +116,17 @@ def dmn_definitions(data_dir=None, *, node_radius: float = DEFAULT_NODE_RADIUS, 
     atlases : mapping, optional
         Already fetched atlases (keys ``"yeo_2011"`` / ``"yeo_2011_thin"``, ``"schaefer_2018"``,
         ``"seitzman_2018"``).
+    control_network : str or None
+        The Seitzman network used as positive control (one of :data:`SEITZMAN_NETWORKS`, not
+        ``"DefaultMode"``), or None for no control.
     **fetch_kwargs
         Passed to :func:`analysis.atlas.fetch_atlas` (``download``, ``timeout``...).
     """
+    if control_network is not None and control_network not in SEITZMAN_NETWORKS:
+        raise ValueError(f"control_network = {control_network!r}; choose one of {', '.join(SEITZMAN_NETWORKS)} "
+                         "or None")
+    if control_network == DMN_NETWORK:
+        raise ValueError("the DMN cannot be its own positive control; choose another network or None")
     atlases = dict(atlases or {})
     yeo_key = "yeo_2011" if thickness == "thick" else "yeo_2011_thin"
     for key in (yeo_key, "schaefer_2018", "seitzman_2018"):
@@ -136,7 +149,8 @@ def dmn_definitions(data_dir=None, *, node_radius: float = DEFAULT_NODE_RADIUS, 
         n_parcels = len(idx)
     if sz.available:
         nodes = _seitzman_table(sz.bunch, DMN_NETWORK, "DMN")
-        control = _seitzman_table(sz.bunch, CONTROL_NETWORK, "AUD")
+        control = (_seitzman_table(sz.bunch, control_network, control_network[:3].upper()) if control_network
+                   else pd.DataFrame(columns=["ROI", "Network", "X", "Y", "Z", "Region"]))
     else:
         nodes = pd.DataFrame(columns=["ROI", "Network", "X", "Y", "Z", "Region"])
         control = nodes.copy()
@@ -149,7 +163,7 @@ def dmn_definitions(data_dir=None, *, node_radius: float = DEFAULT_NODE_RADIUS, 
     statuses = {k: v.status for k, v in atlases.items()}
     return DMNDefinitions(network_img=network_img, schaefer_img=schaefer_img, nodes=nodes, control=control,
                           node_radius=float(node_radius), n_schaefer_parcels=n_parcels, statuses=statuses,
-                          network_source=source)
+                          network_source=source, control_name=control_network if sz.available else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,9 +274,9 @@ def roi_timeseries(bold_img, rois, mask_img=None, *, radius: float = DEFAULT_NOD
 
 def _contrast_vector(contrast, design_matrix: pd.DataFrame) -> np.ndarray:
     if isinstance(contrast, str):
-        from nilearn.glm import expression_to_contrast_vector
+        from .contrasts import contrast_vector  # our parser: nothing is evaluated
 
-        return np.asarray(expression_to_contrast_vector(contrast, list(design_matrix.columns)), dtype=float)
+        return contrast_vector(contrast, list(design_matrix.columns))
     vec = np.asarray(contrast, dtype=float).ravel()
     if vec.size != design_matrix.shape[1]:
         raise ValueError(f"contrast has {vec.size} weights for {design_matrix.shape[1]} design columns")
@@ -361,12 +375,13 @@ def roi_glm(bold_img, design_matrix: pd.DataFrame, rois, contrast, noise_model: 
 def _roi_glm(bold: _Bold, design_matrix, rois, contrast, noise_model, radius, scale) -> pd.DataFrame:
     names, idx = _roi_columns(bold, rois, radius)
     table = _glm_table(bold, design_matrix, names, idx, contrast, noise_model, scale)
+    numeric = ("X", "Y", "Z", "Label distance (mm)")
     if isinstance(rois, pd.DataFrame):
-        for col in ("Network", "X", "Y", "Z", "Label"):
-            table[col] = rois[col].to_numpy() if col in rois else (np.nan if col in "XYZ" else "")
+        for col in ("Network", "X", "Y", "Z", "Label", "Label distance (mm)"):
+            table[col] = rois[col].to_numpy() if col in rois else (np.nan if col in numeric else "")
     else:
-        for col in ("Network", "X", "Y", "Z", "Label"):
-            table[col] = np.nan if col in "XYZ" else ""
+        for col in ("Network", "X", "Y", "Z", "Label", "Label distance (mm)"):
+            table[col] = np.nan if col in numeric else ""
     table["q"] = _bh(table["p"])
     return table[ROI_COLUMNS]
 
@@ -464,10 +479,16 @@ class DMNOverlap:
 
 def _overlap(stat_img, threshold: float, network_img, mask_img=None) -> DMNOverlap:
     data = np.asarray(stat_img.dataobj, dtype=float).reshape(stat_img.shape[:3])
+    supra = (data < threshold) if threshold < 0 else (data > threshold)
+    return _overlap_of(supra, stat_img, threshold, network_img, mask_img)
+
+
+def _overlap_of(supra: np.ndarray, stat_img, threshold: float, network_img, mask_img=None) -> DMNOverlap:
+    data = np.asarray(stat_img.dataobj, dtype=float).reshape(stat_img.shape[:3])
     brain = _resample_mask(mask_img, stat_img) if mask_img is not None else np.isfinite(data) & (data != 0)
     brain &= np.isfinite(data)
     dmn = _resample_mask(network_img, stat_img) & brain
-    supra = ((data < threshold) if threshold < 0 else (data > threshold)) & brain
+    supra = supra & brain
     n_dmn, n_supra, n_both = int(dmn.sum()), int(supra.sum()), int((dmn & supra).sum())
     return DMNOverlap(threshold=float(threshold), n_dmn=n_dmn, n_suprathreshold=n_supra, n_overlap=n_both,
                       share_dmn_below=n_both / n_dmn if n_dmn else math.nan,
@@ -491,6 +512,56 @@ def dmn_overlap(z_img, threshold: float, dmn_mask_img, mask_img=None) -> DMNOver
         Brain mask; default: finite non-zero z values.
     """
     return _overlap(z_img, -abs(float(threshold)), dmn_mask_img, mask_img)
+
+
+def thresholded_overlap(thresholded_img, dmn_mask_img, mask_img=None, *, sign: int = -1,
+                        threshold: float = math.nan) -> DMNOverlap:
+    """Overlap of a map *already thresholded* (e.g. by :func:`analysis.inference.apply_threshold`) with the DMN.
+
+    The supra-threshold voxels are the non-zero voxels of ``thresholded_img`` with the given ``sign``
+    (-1: the negative side, deactivation), so the counts are those of the very map the results report
+    (cluster extent included), never a re-derived cut-off.
+
+    Parameters
+    ----------
+    thresholded_img : Nifti1Image
+        z values where a voxel survived, 0 elsewhere.
+    dmn_mask_img, mask_img
+        As in :func:`dmn_overlap`.
+    sign : {-1, 1}
+        Which side to count.
+    threshold : float
+        The signed z cut-off that produced the map, kept for the record (NaN when the procedure had none).
+    """
+    data = np.asarray(thresholded_img.dataobj, dtype=float).reshape(thresholded_img.shape[:3])
+    supra = (data < 0) if sign < 0 else (data > 0)
+    return _overlap_of(supra, thresholded_img, threshold, dmn_mask_img, mask_img)
+
+
+def overlaps_by_threshold(thresholded: Mapping, dmn_mask_img, mask_img=None, *, sign: int = -1) -> list[dict]:
+    """:func:`thresholded_overlap` for every threshold of the results chapter, as plain dicts.
+
+    Parameters
+    ----------
+    thresholded : mapping
+        ``{key: (thresholded_img, ThresholdResult)}`` as :func:`analysis.inference.threshold_all` returns.
+
+    Returns
+    -------
+    list of dict
+        One per threshold, in order: ``key``, ``label``, ``threshold_text``, ``has_cutoff``, ``n_dmn``,
+        ``n_below`` (supra-threshold voxels of that sign in the brain: the results chapter's count),
+        ``n_overlap``, ``share_dmn_below``, ``share_below_in_dmn`` (None when undefined).
+    """
+    out = []
+    for key, (img, res) in thresholded.items():
+        cut = sign * res.z_threshold if res.has_cutoff else math.nan
+        ov = thresholded_overlap(img, dmn_mask_img, mask_img, sign=sign, threshold=cut)
+        out.append({"key": key, "label": res.label, "threshold_text": res.threshold_text,
+                    "has_cutoff": res.has_cutoff, "n_dmn": ov.n_dmn, "n_below": ov.n_suprathreshold,
+                    "n_overlap": ov.n_overlap, "share_dmn_below": _clean(ov.share_dmn_below),
+                    "share_below_in_dmn": _clean(ov.share_below_in_dmn)})
+    return out
 
 
 def _seed_series(bold: _Bold, seed, radius: float) -> tuple[np.ndarray, int]:
@@ -556,7 +627,9 @@ def _seed_map(bold: _Bold, design_matrix, mask_img, seed, t_r, radius, noise_mod
         mask_img = nib.Nifti1Image(bold.mask.astype(np.uint8), bold.affine)
     model = fit_first_level(bold.img, design, mask_img, t_r=_t_r(design_matrix, t_r), noise_model=noise_model,
                             smoothing_fwhm=smoothing_fwhm, minimize_memory=True)
-    z_img = model.compute_contrast(seed_name, output_type="z_score")
+    seed_con = np.zeros(design.shape[1])
+    seed_con[0] = 1.0  # the seed regressor is column 0; nilearn gets numbers, never a string to evaluate
+    z_img = model.compute_contrast(seed_con, output_type="z_score")
     return z_img, n_vox
 
 
@@ -569,6 +642,13 @@ class SeedSummary:
     n_voxels: int
     threshold: float
     overlap: DMNOverlap
+    threshold_label: str = ""  # the threshold applied to the seed map itself (e.g. the report's primary one)
+    threshold_text: str = ""  # the z cut-off it gave on the seed map, e.g. "|z| > 4.10"
+
+    @property
+    def has_cutoff(self) -> bool:
+        """False when the threshold procedure found no z cut-off on the seed map."""
+        return bool(np.isfinite(self.threshold))
 
 
 # --------------------------------------------------------------------------------------------
@@ -630,6 +710,8 @@ class DMNResult:
     seed: SeedSummary | None = None
     atlas_table: pd.DataFrame | None = field(default=None, compare=False)
     unavailable: dict[str, str] = field(default_factory=dict)
+    control_name: str = ""  # the Seitzman network used as positive control ("" = none)
+    control_choice: str = ""  # why that network (or none), for the prose
 
     # ---- facts for the prose (no arithmetic in templates) ----
     @property
@@ -711,7 +793,9 @@ class DMNResult:
         if d.get("seed") is not None:
             s = dict(d["seed"])
             d["seed"] = SeedSummary(seed=tuple(s["seed"]), radius=s["radius"], n_voxels=s["n_voxels"],
-                                    threshold=_nan(s["threshold"]), overlap=ov(s["overlap"]))
+                                    threshold=_nan(s["threshold"]), overlap=ov(s["overlap"]),
+                                    threshold_label=s.get("threshold_label", ""),
+                                    threshold_text=s.get("threshold_text", ""))
         for key in ("nodes_table", "control_table", "atlas_table"):
             d[key] = _frame(d.get(key))
         d["alpha"] = _nan(d.get("alpha", 0.05))
@@ -725,7 +809,8 @@ def analyse_dmn(bold_img, design_matrix: pd.DataFrame, z_img, negative_threshold
                 node_radius: float = DEFAULT_NODE_RADIUS, seed: Sequence[float] = PCC_SEED,
                 seed_radius: float = 8.0, seed_threshold: float | None = None, compute_seed: bool = True,
                 definitions: DMNDefinitions | None = None, atlases: Mapping[str, LoadedAtlas] | None = None,
-                return_images: bool = False, model=None, **fetch_kwargs):
+                return_images: bool = False, model=None, thresholded_img=None, seed_threshold_spec=None,
+                control_network: str | None = CONTROL_NETWORK, control_choice: str = "", **fetch_kwargs):
     """The DMN chapter's analysis in one call.
 
     Parameters
@@ -738,6 +823,7 @@ def analyse_dmn(bold_img, design_matrix: pd.DataFrame, z_img, negative_threshold
         The contrast's z map.
     negative_threshold : float
         The z cut-off actually used for the map (sign ignored; deactivation is ``z < -|threshold|``).
+        Only used when ``thresholded_img`` is not given.
     mask_img : Nifti1Image, optional
         Brain mask.
     contrast : str or array
@@ -762,6 +848,16 @@ def analyse_dmn(bold_img, design_matrix: pd.DataFrame, z_img, negative_threshold
         Already loaded DMN definitions / atlases (fetched from ``data_dir`` otherwise).
     return_images : bool
         Also return ``{"dmn_mask": ..., "schaefer_mask": ..., "seed_z": ...}`` (images, or None).
+    thresholded_img : Nifti1Image, optional
+        The map as thresholded for the results (cluster extent included). The overlap then counts its
+        negative voxels (:func:`thresholded_overlap`), so the DMN figures agree with the results' counts.
+    seed_threshold_spec : analysis.inference.ThresholdSpec, optional
+        Threshold the seed map with this procedure (computed on the seed map itself) instead of
+        ``|z| > seed_threshold``.
+    control_network : str or None
+        The Seitzman network used as positive control, or None (see :func:`dmn_definitions`).
+    control_choice : str
+        Why this control (or none) was chosen, kept for the prose.
     model : FirstLevelModel, optional
         The main model, fitted on ``bold_img`` and ``design_matrix`` with ``noise_model`` and
         ``minimize_memory=False`` (:func:`analysis.noise.fit_first_level`). The seed GLM then reuses its
@@ -782,7 +878,8 @@ def analyse_dmn(bold_img, design_matrix: pd.DataFrame, z_img, negative_threshold
                                             "of the network do not apply")
         return (res, images) if return_images else res
     atlases = dict(atlases or {})
-    defs = definitions or dmn_definitions(data_dir, node_radius=node_radius, atlases=atlases, **fetch_kwargs)
+    defs = definitions or dmn_definitions(data_dir, node_radius=node_radius, atlases=atlases,
+                                          control_network=control_network, **fetch_kwargs)
     all_atlases: dict[str, LoadedAtlas | AtlasStatus] = dict(defs.statuses)
     all_atlases.update(atlases)
     label_atlases = {k: atlases[k] if k in atlases else fetch_atlas(k, data_dir, **fetch_kwargs)
@@ -799,16 +896,23 @@ def analyse_dmn(bold_img, design_matrix: pd.DataFrame, z_img, negative_threshold
     nodes, control = defs.nodes.copy(), defs.control.copy()
     for table in (nodes, control):
         if len(table):
-            table["Label"] = _atlas.label_coordinates(table[["X", "Y", "Z"]], label_atlases, space)["Label"].to_numpy()
+            found = _atlas.label_coordinates(table[["X", "Y", "Z"]], label_atlases, space)
+            table["Label"] = found["Label"].to_numpy()
+            table["Label distance (mm)"] = found["Label distance (mm)"].to_numpy()
     nodes_table = _roi_glm(bold, design_matrix, nodes, contrast, noise_model, defs.node_radius, True)
     control_table = _roi_glm(bold, design_matrix, control, contrast, noise_model, defs.node_radius, True)
 
-    network = network_schaefer = control_network = overlap = None
+    network = network_schaefer = control_test = overlap = None
     main = defs.main_img
     if main is not None:
         network = _network_test(bold, design_matrix, bold.in_mask(main), contrast, noise_model, alpha,
                                 "Default Mode Network")
-        overlap = _overlap(z_img, -abs(float(negative_threshold)), main, mask_img)
+        if thresholded_img is not None:
+            cut = -abs(float(negative_threshold))
+            overlap = thresholded_overlap(thresholded_img, main, mask_img, sign=-1,
+                                          threshold=cut if math.isfinite(cut) else math.nan)
+        else:
+            overlap = _overlap(z_img, -abs(float(negative_threshold)), main, mask_img)
         images["dmn_mask"] = nib.Nifti1Image(_resample_mask(main, z_img).astype(np.uint8), z_img.affine)
     if defs.schaefer_img is not None:
         network_schaefer = _network_test(bold, design_matrix, bold.in_mask(defs.schaefer_img), contrast,
@@ -816,19 +920,35 @@ def analyse_dmn(bold_img, design_matrix: pd.DataFrame, z_img, negative_threshold
         images["schaefer_mask"] = nib.Nifti1Image(_resample_mask(defs.schaefer_img, z_img).astype(np.uint8),
                                                   z_img.affine)
     if len(control):
-        control_network = _network_test(bold, design_matrix, _network_index(bold, control, defs.node_radius),
-                                        contrast, noise_model, alpha, "Auditory network")
+        control_test = _network_test(bold, design_matrix, _network_index(bold, control, defs.node_radius),
+                                     contrast, noise_model, alpha, f"{defs.control_name} network")
     seed_summary = None
     if compute_seed and main is not None:
         seed_z, n_vox = _seed_map(bold, design_matrix, mask_img, seed, t_r, seed_radius, noise_model, None,
                                   "pcc_seed", model=model)
-        thr = abs(float(seed_threshold if seed_threshold is not None else negative_threshold))
-        seed_summary = SeedSummary(seed=tuple(float(v) for v in seed), radius=float(seed_radius), n_voxels=n_vox,
-                                   threshold=thr, overlap=_overlap(seed_z, thr, main, mask_img))
+        if seed_threshold_spec is not None:
+            from .inference import apply_threshold
+
+            seed_thr_img, seed_thr = apply_threshold(seed_z, mask_img if mask_img is not None else
+                                                     nib.Nifti1Image(bold.mask.astype(np.uint8), bold.affine),
+                                                     seed_threshold_spec)
+            seed_summary = SeedSummary(
+                seed=tuple(float(v) for v in seed), radius=float(seed_radius), n_voxels=n_vox,
+                threshold=seed_thr.z_threshold if seed_thr.has_cutoff else math.nan,
+                overlap=thresholded_overlap(seed_thr_img, main, mask_img, sign=1,
+                                            threshold=seed_thr.z_threshold if seed_thr.has_cutoff else math.nan),
+                threshold_label=seed_thr.label, threshold_text=seed_thr.threshold_text)
+            images["seed_thresholded"] = seed_thr_img
+        else:
+            thr = abs(float(seed_threshold if seed_threshold is not None else negative_threshold))
+            seed_summary = SeedSummary(seed=tuple(float(v) for v in seed), radius=float(seed_radius),
+                                       n_voxels=n_vox, threshold=thr, overlap=_overlap(seed_z, thr, main, mask_img),
+                                       threshold_label=f"z > {thr:.2f}", threshold_text=f"z > {thr:.2f}")
         images["seed_z"] = seed_z
     res = DMNResult(space=str(space), applicable=True, contrast=contrast_text, noise_model=noise_model,
                     alpha=float(alpha), network_source=defs.network_source, node_radius=defs.node_radius,
                     n_schaefer_parcels=defs.n_schaefer_parcels, network=network, network_schaefer=network_schaefer,
-                    control_network=control_network, nodes_table=nodes_table, control_table=control_table,
-                    overlap=overlap, seed=seed_summary, atlas_table=atlas_table, unavailable=unavailable)
+                    control_network=control_test, nodes_table=nodes_table, control_table=control_table,
+                    overlap=overlap, seed=seed_summary, atlas_table=atlas_table, unavailable=unavailable,
+                    control_name=defs.control_name or "", control_choice=control_choice)
     return (res, images) if return_images else res

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # nilearn, nibabel, scipy and pandas are imported where used:
     from .config import InferenceConfig
 
 __all__ = ["ThresholdSpec", "ThresholdResult", "threshold_specs", "apply_threshold", "threshold_all",
-           "cluster_table", "CLUSTER_COLUMNS"]
+           "cluster_table", "mask_map", "CLUSTER_COLUMNS"]
 
 CLUSTER_COLUMNS = ["Cluster ID", "Sign", "X", "Y", "Z", "Peak Stat", "Peak p", "Cluster Size (voxels)",
                    "Cluster Size (mm3)"]
@@ -56,7 +56,7 @@ class ThresholdSpec:
             base = {"fpr": f"p < {self.alpha:g} uncorrected",
                     "fdr": f"FDR q < {self.alpha:g}",
                     "bonferroni": f"FWE (Bonferroni) p < {self.alpha:g}"}[self.height_control]
-        extent = f", clusters \u2265 {self.cluster_threshold} voxels" if self.cluster_threshold else ""
+        extent = f" with clusters \u2265 {self.cluster_threshold} voxels" if self.cluster_threshold else ""
         return base + extent + tail
 
 
@@ -85,10 +85,15 @@ class ThresholdResult:
         return (self.n_pos + self.n_neg) > 0
 
     @property
+    def has_cutoff(self) -> bool:
+        """False when the procedure found no z cut-off at all (FDR on a map without signal)."""
+        return math.isfinite(self.z_threshold)
+
+    @property
     def threshold_text(self) -> str:
-        """``|z| > 3.29`` (or ``no voxel survives`` when the cut-off is undefined)."""
-        if not math.isfinite(self.z_threshold):
-            return "undefined (no voxel can pass)"
+        """``|z| > 3.29``, or ``none: no voxel can pass`` when the procedure found no cut-off."""
+        if not self.has_cutoff:
+            return "none: no voxel can pass"
         sym = "|z|" if self.spec.two_sided else "z"
         return f"{sym} > {self.z_threshold:.2f}"
 
@@ -162,14 +167,34 @@ def threshold_all(z_img, mask_img, cfg: InferenceConfig):
     return {spec.key: apply_threshold(z_img, mask_img, spec) for spec in threshold_specs(cfg)}
 
 
-def cluster_table(z_img: nib.Nifti1Image, result: ThresholdResult,
-                  min_distance: float = 8.0) -> tuple[pd.DataFrame, nib.Nifti1Image | None]:
-    """Cluster table (peaks and sub-peaks) at the threshold actually used.
+def mask_map(z_img: nib.Nifti1Image, mask_img: nib.Nifti1Image | None) -> nib.Nifti1Image:
+    """The z map with every voxel outside ``mask_img`` set to 0 (non-finite values too).
+
+    Thresholds, cluster tables, labels, figures and derivatives all read this one masked map, so a
+    supra-threshold value outside the brain (common in maps made elsewhere) can never reach a table.
+    """
+    import nibabel as nib
+
+    data = np.asarray(z_img.dataobj, dtype=np.float32).reshape(z_img.shape[:3])
+    keep = np.isfinite(data)
+    if mask_img is not None:
+        keep &= np.asarray(mask_img.dataobj).reshape(z_img.shape[:3]) > 0
+    if keep.all() and data.dtype == np.asarray(z_img.dataobj).dtype:
+        return z_img
+    return nib.Nifti1Image(np.where(keep, data, np.float32(0)), z_img.affine)
+
+
+def cluster_table(z_img: nib.Nifti1Image, result: ThresholdResult, min_distance: float = 8.0,
+                  mask_img: nib.Nifti1Image | None = None) -> tuple[pd.DataFrame, nib.Nifti1Image | None]:
+    """Cluster table (peaks and sub-peaks) at the threshold actually used, inside ``mask_img``.
 
     Columns: ``Cluster ID`` (``1``, ``1a``...; negative clusters follow positive ones), ``Sign``
     (``+`` for listening > rest), ``X``, ``Y``, ``Z`` (mm), ``Peak Stat`` (z), ``Peak p``
-    (two- or one-sided as the threshold), ``Cluster Size (voxels)``, ``Cluster Size (mm3)``
+    (two- or one-sided as the threshold, uncorrected), ``Cluster Size (voxels)``, ``Cluster Size (mm3)``
     (blank for sub-peaks).
+
+    ``mask_img`` is the mask the threshold was computed in (as for :func:`apply_threshold`); voxels outside
+    it are set to 0 first (:func:`mask_map`), so the table describes exactly the voxels the threshold counted.
 
     Returns
     -------
@@ -185,6 +210,7 @@ def cluster_table(z_img: nib.Nifti1Image, result: ThresholdResult,
 
     if not result.survived:
         return pd.DataFrame(columns=CLUSTER_COLUMNS), None
+    z_img = mask_map(z_img, mask_img)
     table, label_maps = get_clusters_table(z_img, stat_threshold=result.z_threshold,
                                            cluster_threshold=result.spec.cluster_threshold,
                                            two_sided=result.spec.two_sided, min_distance=min_distance,

@@ -7,6 +7,7 @@ to z through their p-values; a map that does not cover the MNI152 brain is refus
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,28 @@ from scipy import special, stats
 from .config import Config
 from .data import DataError, _load_nifti
 
-__all__ = ["StatMap", "load_statmap", "t_to_z", "mni_coverage", "MIN_COVERAGE"]
+__all__ = ["StatMap", "load_statmap", "t_to_z", "mni_coverage", "header_dof", "MIN_COVERAGE"]
 
 MIN_COVERAGE = 0.8  # share of the MNI152 brain the map must cover
+_SPM_DESCRIP = re.compile(r"SPM\{(?P<stat>[A-Za-z])_\[(?P<dof>[0-9.]+)(?:,\s*(?P<dof2>[0-9.]+))?\]\}")
+
+
+def header_dof(img: nib.Nifti1Image) -> tuple[str, float, str] | None:
+    """The statistic and degrees of freedom SPM writes in the header's ``descrip`` field.
+
+    SPM saves ``spmT_0001.nii`` with ``descrip = "SPM{T_[73.0]} - contrast 1: ..."`` (an F map:
+    ``SPM{F_[1.0,73.0]}``). Returns ``(stat, dof, descrip)``, e.g. ``("t", 73.0, "SPM{T_[73.0]} ...")``, with
+    ``stat`` lower case and ``dof`` the error degrees of freedom; None when the field holds no such tag.
+    """
+    raw = img.header.get("descrip") if hasattr(img.header, "get") else None
+    try:
+        descrip = bytes(np.asarray(raw).item() if raw is not None else b"").decode("latin-1").strip("\x00 ")
+    except (AttributeError, TypeError, ValueError):
+        return None
+    m = _SPM_DESCRIP.search(descrip)
+    if m is None:
+        return None
+    return m["stat"].lower(), float(m["dof2"] or m["dof"]), descrip
 
 
 @dataclass(frozen=True)
@@ -36,13 +56,15 @@ class StatMap:
     source: str
     space: str
     coverage: float  # share of the MNI152 brain mask inside the map's non-empty voxels
+    dof_source: str = ""  # where the degrees of freedom came from ("the header's descrip field ..." or the config)
 
     @property
     def conversion(self) -> str:
         if self.stat == "z":
             return "The map holds z statistics and was used as it is."
-        return (f"The map holds t statistics with {self.dof:g} degrees of freedom; each t was converted to the z "
-                "value with the same one-sided p-value.")
+        src = f" ({self.dof_source})" if self.dof_source else ""
+        return (f"The map holds t statistics with {self.dof:g} degrees of freedom{src}; each t was converted to "
+                "the z value with the same one-sided p-value.")
 
 
 def t_to_z(t: np.ndarray, dof: float) -> np.ndarray:
@@ -108,20 +130,36 @@ def load_statmap(config: Config) -> StatMap:
                         "probably not in MNI space (or is masked to a small region): normalise it to MNI152 first")
     data = np.asarray(img.dataobj, dtype=np.float64)
     finite = np.isfinite(data) & (data != 0)
+    dof, dof_source = cfg.dof, "statmap.dof in the configuration" if cfg.dof > 0 else ""
+    spm = header_dof(img)
+    if spm is not None:
+        stat, hdr_dof, descrip = spm
+        tag = descrip.split()[0]
+        if stat != "t":
+            raise DataError(f"{cfg.path}: the header says this is an SPM {stat.upper()} map ({tag}); the report "
+                            "needs a t or z map: export the contrast's spmT image")
+        if cfg.stat != "t":
+            raise DataError(f"{cfg.path}: the header says this is an SPM t map ({tag}) but statmap.stat = "
+                            f"{cfg.stat!r}; set statmap.stat = \"t\"")
+        if cfg.dof > 0 and not np.isclose(cfg.dof, hdr_dof, rtol=0, atol=1e-6):
+            raise DataError(f"{cfg.path}: the header gives {hdr_dof:g} degrees of freedom ({tag}) but statmap.dof "
+                            f"= {cfg.dof:g} in the config; set statmap.dof = {hdr_dof:g} or remove it")
+        dof, dof_source = hdr_dof, f"read from the header's description field, {tag}"
     if cfg.stat == "t":
-        if cfg.dof <= 0:
+        if dof <= 0:
             raise DataError(f"{config.source}: statmap.stat = \"t\" needs statmap.dof (the degrees of freedom "
-                            "of the t test, e.g. n_scans - rank(design))")
+                            "of the t test, e.g. n_scans - rank(design)); the map's header does not give them")
         z = np.zeros_like(data)
-        z[finite] = t_to_z(data[finite], cfg.dof)
+        z[finite] = t_to_z(data[finite], dof)
     else:
         z = np.where(finite, data, 0.0)
-    z_img = nib.Nifti1Image(z.astype(np.float32), img.affine)
-    brain = resample_to_img(mni_brain, z_img, interpolation="nearest",
+    brain = resample_to_img(mni_brain, nib.Nifti1Image(z.astype(np.float32), img.affine), interpolation="nearest",
                             force_resample=True, copy_header=True)
     mask = (np.asarray(brain.dataobj) > 0) & finite
+    # one masked map: values outside the brain mask never reach a threshold, a table or a file
+    z_img = nib.Nifti1Image(np.where(mask, z, 0.0).astype(np.float32), img.affine)
     direction = cfg.direction or f"{cfg.contrast} > baseline"
     return StatMap(z_img=z_img, mask_img=nib.Nifti1Image(mask.astype(np.uint8), img.affine),
-                   path=str(Path(cfg.path).resolve()), stat=cfg.stat, dof=cfg.dof, contrast=cfg.contrast,
-                   direction=direction, source=cfg.source or Path(cfg.path).name, space=cfg.space,
-                   coverage=coverage)
+                   path=str(Path(cfg.path).resolve()), stat=cfg.stat, dof=dof if cfg.stat == "t" else 0.0,
+                   contrast=cfg.contrast, direction=direction, source=cfg.source or Path(cfg.path).name,
+                   space=cfg.space, coverage=coverage, dof_source=dof_source if cfg.stat == "t" else "")

@@ -139,6 +139,18 @@ def calibration(main, reference=None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def null_designs(cal) -> pd.DataFrame:
+    """One row per null design: segment order, correlation with the real design and with each other null design."""
+    rows = []
+    for i, (order, r) in enumerate(zip(cal.null_orders, cal.null_corr)):
+        row = {"Null design": str(i + 1), "Segment order": " ".join(str(j + 1) for j in order),
+               "r with the real design": text.fmt_num(r, 2)}
+        for j in range(len(cal.null_corr)):
+            row[f"r with {j + 1}"] = "" if j == i else text.fmt_num(cal.null_pair_corr[i][j], 2)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def dmn_networks(d) -> pd.DataFrame:
     """Network-level tests: the DMN (Yeo), the Default parcels (Schaefer) and the positive-control network."""
     rows = []

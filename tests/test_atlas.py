@@ -113,9 +113,9 @@ def test_offline_download_fails_fast_with_a_reason(tmp_path):
 def test_comparison_table_reports_each_atlas_from_real_fetches(tmp_path):
     table = atlas.atlas_comparison_table(data_dir=DATA_DIR, download_dir=tmp_path, timeout=2, budget=30)
     assert list(table["Atlas"]) == ["DiFuMo", "Schaefer 2018", "Harvard-Oxford cortical",
-                                    "Harvard-Oxford subcortical", "Yeo 2011", "MSDL", "Seitzman 2018"]
+                                    "Harvard-Oxford subcortical", "Yeo 2011", "MSDL", "Seitzman 2020"]
     loaded = dict(zip(table["Atlas"], table["Loaded"]))
-    assert loaded["Yeo 2011"] and loaded["Schaefer 2018"] and loaded["Seitzman 2018"]
+    assert loaded["Yeo 2011"] and loaded["Schaefer 2018"] and loaded["Seitzman 2020"]
     assert set(table["Type"]) == {"probabilistic", "deterministic", "coordinates"}
     for _, row in table.iterrows():
         assert (row["Status"] == "loaded") == row["Loaded"]

@@ -16,7 +16,8 @@ import pytest
 from nilearn.glm.first_level import FirstLevelModel, make_first_level_design_matrix
 from scipy import stats
 
-from analysis.calibration import (THRESHOLDS, Calibration, calibrate, choose_null_shifts, empirical_null)
+from analysis.calibration import (THRESHOLDS, Calibration, calibrate, calibration_from_z, choose_null_shifts,
+                                  empirical_null, permuted_block_designs)
 from analysis.figures.calibration import plot_calibration
 from analysis.noise import DEFAULT_NOISE_MODEL, fit_first_level
 from analysis.text import render
@@ -85,7 +86,8 @@ def test_default_model_is_trustworthy_on_ar1_noise(default_cal):
     assert abs(cal.z_sd - 1) <= 0.05 and abs(cal.null_sd - 1) <= 0.05
     assert cal.observed_share[-1] <= 2 * cal.nominal_share[-1]
     assert cal.null_design_pooled_share[-1] <= 2 * cal.nominal_share[-1]
-    assert len(cal.null_shifts) == 6 and all(abs(r) <= 0.2 for r in cal.null_shift_corr)
+    assert cal.n_null == 6 and cal.max_abs_null_corr < 0.3 and cal.max_abs_pair_corr < 0.3
+    assert cal.tail_ok and cal.tail_n == 6 * cal.n_voxels
 
 
 def test_reference_model_is_flagged_as_untrustworthy(reference_cal):
@@ -124,25 +126,72 @@ def test_null_designs_match_an_independent_nilearn_fit(design):
     """With OLS the null-design z of the panel equal nilearn's own fit of the shifted design."""
     bold_img, mask_img = _noise_img(0.0, seed=12, shape=(10, 12, 14))
     cal = calibrate(bold_img, design, mask_img, contrast="listening", t_r=T_R, noise_model="ols", n_null=3)
-    assert len(cal.null_shifts) == 3
-    for shift, shares in zip(cal.null_shifts, cal.null_design_share, strict=True):
-        shifted = design.copy()
-        shifted["listening"] = np.roll(design["listening"].to_numpy(), shift)
-        model = FirstLevelModel(noise_model="ols", mask_img=mask_img).fit(bold_img, design_matrices=[shifted])
+    assert cal.n_null == 3 and cal.null_method == "permuted blocks of design rows"
+    L, x = cal.null_block_scans, design["listening"].to_numpy()
+    n_seg = len(x) // L
+    for order, shares in zip(cal.null_orders, cal.null_design_share, strict=True):
+        permuted = design.copy()  # the segments of the listening column in the stored order; the remainder stays
+        permuted["listening"] = np.r_[np.concatenate([x[j * L:(j + 1) * L] for j in order]), x[n_seg * L:]]
+        model = FirstLevelModel(noise_model="ols", mask_img=mask_img).fit(bold_img, design_matrices=[permuted])
         z = model.compute_contrast("listening").get_fdata()[mask_img.get_fdata() > 0]
         assert shares == pytest.approx(tuple(np.mean(np.abs(z) > t) for t in THRESHOLDS))
     assert cal.null_design_pooled_share == pytest.approx(
         tuple(np.mean(np.asarray(cal.null_design_share)[:, i]) for i in range(len(THRESHOLDS))))
 
 
-def test_null_shifts_avoid_the_task_period(design):
+def test_null_designs_are_nearly_orthogonal_to_the_task_and_to_each_other(design):
+    """Block-permuted null designs rebuilt from moved events; circular shifts of a periodic design are not."""
+    events = pd.DataFrame({"onset": ONSETS, "duration": 42.0, "trial_type": "listening"})
+
+    def design_fn(ev):
+        return make_first_level_design_matrix(np.arange(N_SCANS) * T_R, ev, hrf_model="spm", drift_model="cosine",
+                                              high_pass=0.01)
+
     c = np.zeros(design.shape[1])
     c[list(design.columns).index("listening")] = 1
-    shifts, corrs = choose_null_shifts(design, c, 8)
-    print(f"\nnull shifts (scans) {shifts}, correlations {np.round(corrs, 3)}")
-    assert len(shifts) == 8 and len(set(shifts)) == 8
-    assert all(abs(r) <= 0.2 for r in corrs)
-    assert all(k % 12 not in (0, 6) for k in shifts)  # 12 scans = one on/off cycle; 6 = anti-phase
+    null = permuted_block_designs(design, c, 6, events=events, design_fn=design_fn, t_r=T_R)
+    pair = np.asarray(null.pair_corr)
+    off = pair[~np.eye(len(pair), dtype=bool)]
+    print(f"\nnull designs ({null.method}, {null.block_scans}-scan segments): r with the real design "
+          f"{np.round(null.corr, 2)}; pairwise r (max |r| {np.abs(off).max():.2f}):\n{np.round(pair, 2)}")
+    assert len(null.designs) == 6 and null.block_scans == 6 and null.method == "permuted blocks of events"
+    assert np.all(np.abs(null.corr) < 0.3) and np.all(np.abs(off) < 0.3)
+    for order, dm in zip(null.orders, null.designs):  # each one is nilearn's design of the moved events
+        seg = (events["onset"] // (6 * T_R)).astype(int)
+        moved = events.assign(onset=[list(order).index(j) * 6 * T_R + o - j * 6 * T_R
+                                     for o, j in zip(events["onset"], seg)])
+        np.testing.assert_allclose(dm["listening"], design_fn(moved)["listening"], atol=1e-12)
+        np.testing.assert_allclose(dm.drop(columns="listening"), design.drop(columns="listening"))
+    # the old null designs: circular shifts chosen to be uncorrelated with the task are one design up to sign
+    shifts, _ = choose_null_shifts(design, c, 6)
+    X = design.to_numpy()
+    shifted = []
+    for k in shifts:
+        Xs = X.copy()
+        Xs[:, c != 0] = np.roll(X[:, c != 0], k, axis=0)
+        xs = Xs @ c - design.drop(columns="listening").to_numpy() @ np.linalg.lstsq(
+            design.drop(columns="listening").to_numpy(), Xs @ c, rcond=None)[0]
+        shifted.append(xs / np.linalg.norm(xs))
+    old = np.abs(np.corrcoef(shifted)[~np.eye(len(shifted), dtype=bool)])
+    print(f"circular shifts {shifts}: pairwise |r| up to {old.max():.2f}")
+    assert old.max() > 0.9
+
+
+def test_heavy_null_tail_makes_the_map_untrustworthy():
+    """The verdict looks at the tail as well as the centre: 1 % of null voxels at |z| = 5 fails it."""
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal(50_000)
+    heavy = rng.standard_normal(100_000)
+    heavy[:1_000] = 5.0 * np.sign(rng.standard_normal(1_000))
+    good = calibration_from_z(z, [rng.standard_normal(100_000)], noise_model="ar1_bc", contrast="listening", t_r=T_R)
+    bad = calibration_from_z(z, [heavy], noise_model="ar1_bc", contrast="listening", t_r=T_R)
+    print(f"\ntail beyond 3.29: good {good.tail_share:.4%} {np.round(good.tail_ci, 5)}, "
+          f"heavy {bad.tail_share:.4%} {np.round(bad.tail_ci, 5)} (nominal {bad.tail_nominal:.4%})")
+    assert good.tail_ok and good.trustworthy
+    assert bad.null_design_ok and not bad.tail_ok and not bad.trustworthy  # centre fine, tail not
+    assert bad.direction == "liberal" and bad.tail_direction == "heavy"
+    text = render("calibration.md.j2", cal=bad)
+    assert "not to be trusted" in text and "heavier than nominal" in text
 
 
 def test_empirical_null_ignores_the_tails():
@@ -188,7 +237,7 @@ def test_figure_is_written_and_deterministic(default_cal, tmp_path):
 def test_figure_without_null_designs(ar_noise, design, tmp_path):
     bold_img, mask_img = ar_noise
     cal = calibrate(bold_img, design, mask_img, contrast="listening", t_r=T_R, noise_model="ar1_pooled", n_null=0)
-    assert cal.null_shifts == () and cal.null_design_ok
+    assert cal.n_null == 0 and cal.null_orders == () and cal.null_design_ok
     assert plot_calibration(cal, tmp_path / "c.png").exists()
     assert "null designs" not in render("calibration.md.j2", cal=cal)
 

@@ -38,14 +38,14 @@ def test_every_threshold_reports_its_cutoff_and_counts(rng, affine, two_sided):
 
 def test_fdr_threshold_is_reported_in_label():
     spec = inference.ThresholdSpec("fdr_cluster", "fdr", 0.05, None, 10, True)
-    assert spec.label == "FDR q < 0.05, clusters \u2265 10 voxels"
+    assert spec.label == "FDR q < 0.05 with clusters \u2265 10 voxels"  # no comma: reads as one threshold in a list
 
 
 def test_no_surviving_voxel_is_a_normal_outcome(rng, affine):
     img = _z_img(rng, affine, planted=False)
     thr_img, r = inference.apply_threshold(img, _mask(img), inference.threshold_specs(InferenceConfig())[2])
     assert not r.survived and not math.isfinite(r.z_threshold)
-    assert r.threshold_text.startswith("undefined")
+    assert not r.has_cutoff and r.threshold_text == "none: no voxel can pass"
     table, labels = inference.cluster_table(img, r)
     assert table.empty and list(table.columns) == inference.CLUSTER_COLUMNS and labels is None
     assert inference.ThresholdResult.from_dict(r.to_dict()) == r  # inf survives JSON as null
@@ -62,3 +62,42 @@ def test_cluster_table_matches_label_image(rng, affine):
         assert (lab == int(row["Cluster ID"])).sum() == row["Cluster Size (voxels)"]
         assert row["Cluster Size (mm3)"] == row["Cluster Size (voxels)"] * 27
     assert (table["Peak p"] < 1e-6).all()
+
+
+def test_cluster_table_lists_no_cluster_outside_the_mask(rng, affine):
+    """A map made elsewhere may hold supra-threshold values outside the brain: the table must not see them."""
+    img = _z_img(rng, affine)
+    z = np.asarray(img.dataobj).copy()
+    z[15:19, 2:6, 2:6] = 9.0  # 64 voxels of strong "signal" outside the brain mask
+    img = nib.Nifti1Image(z, affine)
+    mask = np.ones(z.shape, np.uint8)
+    mask[14:, :7, :7] = 0
+    mask_img = nib.Nifti1Image(mask, affine)
+    thr = inference.threshold_all(img, mask_img, InferenceConfig())
+    img_thr, res = thr["fdr_cluster"]
+    unmasked, _ = inference.cluster_table(img, res)
+    table, labels = inference.cluster_table(img, res, mask_img=mask_img)
+    mains = table[table["Cluster ID"].str.fullmatch(r"\d+")]
+    unmasked_mains = unmasked[unmasked["Cluster ID"].str.fullmatch(r"\d+")]
+    print(f"\nclusters listed without / with the mask: {len(unmasked_mains)} / {len(mains)}; "
+          f"positive voxels {int(unmasked_mains[unmasked_mains['Sign'] == '+']['Cluster Size (voxels)'].sum())} / "
+          f"{int(mains[mains['Sign'] == '+']['Cluster Size (voxels)'].sum())} (threshold counts {res.n_pos})")
+    assert len(unmasked_mains) == 3  # the bug: a cluster entirely outside the brain
+    assert len(mains) == 2
+    inv = np.linalg.inv(affine)
+    for _, row in table.iterrows():
+        i, j, k = np.rint(inv @ [row["X"], row["Y"], row["Z"], 1])[:3].astype(int)
+        assert mask[i, j, k]
+    # the table and the threshold count the same voxels, per sign
+    for sign, n in (("+", res.n_pos), ("\u2212", res.n_neg)):
+        assert mains[mains["Sign"] == sign]["Cluster Size (voxels)"].sum() == n
+    assert ((np.asarray(labels.dataobj) > 0) == (np.asarray(img_thr.dataobj) != 0)).all()
+
+
+def test_mask_map_zeroes_outside_and_non_finite(affine):
+    z = np.full((4, 5, 6), 5.0, np.float32)
+    z[0, 0, 0] = np.nan
+    mask = np.ones(z.shape, np.uint8)
+    mask[3] = 0
+    out = np.asarray(inference.mask_map(nib.Nifti1Image(z, affine), nib.Nifti1Image(mask, affine)).dataobj)
+    assert out[0, 0, 0] == 0 and (out[3] == 0).all() and (out[1:3] == 5).all()

@@ -31,16 +31,29 @@ def _statmap_config(folder, path, **statmap):
     return cfg
 
 
-@pytest.fixture(scope="module")
-def t_map_results(sim_results, tmp_path_factory):
-    """The session's z map turned into a t map with 71 dof, then reported from the map alone."""
-    folder = tmp_path_factory.mktemp("tmap")
+OUTSIDE = (slice(0, 6), slice(0, 6), slice(0, 6))  # a corner of the 3 mm grid, far outside the MNI brain
+
+
+def _spm_t_map(sim_results, path, dof=71.0):
+    """The session's z map as an SPM t map: t values, ``SPM{T_[dof]}`` in the header, and a block of strong
+    "signal" outside the brain, as maps made elsewhere often have."""
     z_img = nib.load(sim_results.path(sim_results.contrast().files["z"]))
     z = np.asarray(z_img.dataobj, dtype=np.float64)
-    t = np.sign(z) * stats.t.isf(stats.norm.sf(np.abs(z)), 71)
+    t = np.sign(z) * stats.t.isf(stats.norm.sf(np.abs(z)), dof)
+    t[OUTSIDE] = 12.0
+    header = nib.Nifti1Header()
+    header["descrip"] = f"SPM{{T_[{dof:.1f}]}} - contrast 1: listening".encode()
+    nib.save(nib.Nifti1Image(t.astype(np.float32), z_img.affine, header), path)
+    return z
+
+
+@pytest.fixture(scope="module")
+def t_map_results(sim_results, tmp_path_factory):
+    """The session's z map turned into an SPM t map with 71 dof (read from its header), reported from the map alone."""
+    folder = tmp_path_factory.mktemp("tmap")
     path = folder / "spmT_0001.nii"
-    nib.save(nib.Nifti1Image(t.astype(np.float32), z_img.affine), path)
-    cfg = _statmap_config(folder / "out", path, stat="t", dof=71.0, contrast="listening",
+    z = _spm_t_map(sim_results, path)
+    cfg = _statmap_config(folder / "out", path, stat="t", contrast="listening",
                           direction="listening > rest", source="SPM12 first level (test)")
     return run(cfg), z, cfg
 
@@ -48,14 +61,50 @@ def t_map_results(sim_results, tmp_path_factory):
 def test_t_map_is_converted_and_gives_the_same_clusters(t_map_results, sim_results):
     res, z, _ = t_map_results
     z_back = np.asarray(nib.load(res.path(res.contrast().files["z"])).dataobj)
-    inside = z != 0
-    assert np.allclose(z_back[inside], z[inside], atol=1e-3)
+    inside = z_back != 0  # the statistical map's own brain mask (MNI152 brain inside the map)
+    assert inside.sum() > 50_000 and np.allclose(z_back[inside], z[inside], atol=1e-3)
+    assert (z_back[OUTSIDE] == 0).all()
     ours, theirs = res.contrast(), sim_results.contrast()
     assert ours.primary.n_pos == theirs.primary.n_pos
     assert list(ours.peaks()["X"]) == list(theirs.peaks()["X"])
     assert res.model is None and res.dataset.n_scans == 0
-    assert res.extras["statmap"]["stat"] == "t" and "71 degrees of freedom" in res.extras["statmap"]["conversion"]
+    assert res.extras["statmap"]["stat"] == "t" and res.extras["statmap"]["dof"] == 71
+    assert "71 degrees of freedom (read from the header's description field, SPM{T_[71.0]})" in \
+        res.extras["statmap"]["conversion"]
     assert res.extras["dmn_overlap"]["available"]
+
+
+def test_statmap_table_lists_no_cluster_outside_the_mask_and_agrees_with_the_prose(t_map_results):
+    """Suprathreshold values outside the brain reach neither the thresholds nor the table nor the prose."""
+    from analysis import report, text
+
+    res, _, _ = t_map_results
+    c = res.contrast()
+    mains = c.peaks()
+    brain = np.asarray(nib.load(res.path(c.files["z_thresholded"])).dataobj) != 0
+    labels = np.asarray(nib.load(res.path(c.files["clusters_img"])).dataobj)
+    assert not labels[OUTSIDE].any() and ((labels > 0) == brain).all()
+    for _, row in mains.iterrows():
+        assert not (row["X"] < -60 and row["Y"] < -100 and row["Z"] < -50)  # nothing from the corner block
+    p = c.primary
+    assert mains[mains["Sign"] == "+"]["Cluster Size (voxels)"].sum() == p.n_pos
+    assert mains[mains["Sign"] == "\u2212"]["Cluster Size (voxels)"].sum() == p.n_neg
+    assert len(mains[mains["Sign"] == "+"]) == p.n_pos_clusters
+    prose = report.results_text(res)
+    assert text.fmt_k(p.n_pos) in prose and f"{p.n_pos_clusters} cluster" in prose
+
+
+def test_spm_header_dof_is_read_and_a_disagreeing_config_is_refused(sim_results, tmp_path):
+    path = tmp_path / "spmT_0001.nii"
+    _spm_t_map(sim_results, path, dof=73.0)
+    with pytest.raises(DataError, match=r"the header gives 73 degrees of freedom \(SPM\{T_\[73.0\]\}\) but "
+                                        r"statmap.dof = 71 in the config; set statmap.dof = 73"):
+        run(_statmap_config(tmp_path / "a", path, stat="t", dof=71.0))
+    with pytest.raises(DataError, match="header says this is an SPM t map"):
+        run(_statmap_config(tmp_path / "b", path, stat="z"))
+    from analysis.statmap import header_dof
+
+    assert header_dof(nib.load(path)) == ("t", 73.0, "SPM{T_[73.0]} - contrast 1: listening")
 
 
 def test_map_outside_mni_is_refused(tmp_path):
@@ -94,4 +143,5 @@ def test_statmap_profile_chapters_execute(t_map_results):
     assert not refs_in(text) - labels_in(text)
     prose = "\n".join(o for ch in done for o in ch.outputs)
     assert "SPM12 first level (test)" in prose and "71 degrees of freedom" in prose
+    assert "@tbl-dmn-overlap" in prose
     assert "no claim of DMN deactivation" in prose

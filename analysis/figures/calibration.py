@@ -41,7 +41,7 @@ def plot_calibration(cal, out_file: str | Path) -> Path:
     centers = (edges[:-1] + edges[1:]) / 2
     ax_h.bar(centers, cal.hist_observed, width=np.diff(edges), color=_OBSERVED, alpha=0.35,
              label="observed z", linewidth=0)
-    if cal.null_shifts:
+    if cal.n_null:
         ax_h.step(centers, cal.hist_null, where="mid", color=_NULL, lw=1.2, label="null designs")
     grid = np.linspace(edges[0], edges[-1], 400)
     ax_h.plot(grid, stats.norm.pdf(grid), color=_REFERENCE, lw=1.2, label="N(0, 1)")
@@ -56,7 +56,7 @@ def plot_calibration(cal, out_file: str | Path) -> Path:
 
     theo = np.asarray(cal.qq_theoretical)
     ax_q.plot(theo, cal.qq_observed, ".", ms=3, color=_OBSERVED, label="observed z")
-    if cal.null_shifts:
+    if cal.n_null:
         ax_q.plot(theo, cal.qq_null, ".", ms=3, color=_NULL, label="null designs")
     lim = float(np.nanmax(np.abs(np.r_[theo, cal.qq_observed, cal.qq_null or 0.0]))) * 1.05
     ax_q.plot([-lim, lim], [-lim, lim], color=_REFERENCE, lw=1, label="identity")

@@ -69,8 +69,9 @@ def plot_z_with_dmn_contours(z_img, dmn_mask_img, out_file, *, threshold: float,
 
 
 def plot_roi_effects(nodes_table: pd.DataFrame, out_file, *, control_table: pd.DataFrame | None = None,
-                     network=None, control_network=None, alpha: float = 0.05, label_col: str = "ROI") -> Path:
-    """Dot plot of the effect (with 95 % CI) per DMN node, the auditory control and the network means.
+                     network=None, control_network=None, alpha: float = 0.05, label_col: str = "ROI",
+                     control_name: str = "control") -> Path:
+    """Dot plot of the effect (with 95 % CI) per DMN node, the positive-control network and the network means.
 
     Tables have ``Effect``, ``CI Low``, ``CI High``, ``q`` and ``Unit`` columns (as :func:`analysis.dmn.roi_glm`
     returns); ``network`` / ``control_network`` are :class:`analysis.dmn.NetworkTest` objects drawn as
@@ -78,13 +79,13 @@ def plot_roi_effects(nodes_table: pd.DataFrame, out_file, *, control_table: pd.D
     """
     parts = [("DMN", nodes_table, DMN_COLOR)]
     if control_table is not None and len(control_table):
-        parts.append(("Auditory", control_table, CONTROL_COLOR))
+        parts.append((control_name, control_table, CONTROL_COLOR))
     n_rows = sum(len(t) for _, t, _ in parts) + sum(x is not None for x in (network, control_network))
     fig, ax = plt.subplots(figsize=(6, max(3.0, 0.13 * n_rows + 1.0)))
     y = 0
     ticks, ticklabels = [], []
     for name, summary, color in ((("DMN (network)", network, DMN_COLOR),
-                                  ("Auditory (network)", control_network, CONTROL_COLOR))):
+                                  (f"{control_name} (network)", control_network, CONTROL_COLOR))):
         if summary is None:
             continue
         ax.errorbar(summary.effect, y, xerr=[[summary.effect - summary.ci_low], [summary.ci_high - summary.effect]],
