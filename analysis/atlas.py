@@ -731,7 +731,7 @@ def label_caption(atlases: Mapping[str, LoadedAtlas | AtlasStatus] | None, space
                 f"so no anatomical labels are given.")
     ho = ATLAS_SPECS["harvard_oxford_cort"]
     text = ("Anatomical labels: Harvard-Oxford cortical and subcortical structural atlases "
-            f"(maximum-probability maps thresholded at 25 %, 2 mm) [{ho.citation}]")
+            f"(maximum-probability maps thresholded at 25 %, 2 mm, in FSL's MNI152 space) [{ho.citation}]")
     missing = unavailable_atlases(atlases or {})
     if missing:
         text += "; unavailable in this run: " + "; ".join(f"{k} ({v})" for k, v in missing.items())

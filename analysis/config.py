@@ -59,6 +59,7 @@ class BIDSConfig:
     session: str = ""  # label without "ses-" ("" = none or the only one)
     run: str = ""  # label without "run-" ("" = the only run)
     space: str = ""  # "" = raw images (native space); e.g. "MNI152NLin2009cAsym" = fMRIPrep's preprocessed run
+    raw_space: str = ""  # space of the raw run: "" = detect (affine, brain coverage), "native", or an MNI space name
     derivatives: str = ""  # fMRIPrep folder ("" = <root>/derivatives/fmriprep)
     confounds: tuple[str, ...] = ()  # fMRIPrep confound columns to add to the design, e.g. ["trans_x", ...]
 
@@ -71,6 +72,9 @@ class BIDSConfig:
         for c in self.confounds:
             if not re.fullmatch(r"[A-Za-z0-9_]+", c):
                 raise ConfigError(f"bids.confounds: {c!r} is not an fMRIPrep confound column name")
+        if self.raw_space and self.raw_space != "native" and not self.raw_space.upper().startswith("MNI"):
+            raise ConfigError(f"bids.raw_space = {self.raw_space!r}; use \"\" (detect), \"native\" or an MNI space "
+                              "name such as \"MNI152NLin2009cAsym\"")
 
 
 @dataclass(frozen=True)

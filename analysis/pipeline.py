@@ -122,7 +122,10 @@ def check_design(run: data.Run, config: Config) -> pd.DataFrame:
                              "twice (a condition named like a derivative, drift or confound column); rename the "
                              "condition(s)")
     for name, expr in config.contrasts.items():
-        glm.check_contrast(expr, design, conditions, name)
+        try:
+            glm.check_contrast(expr, design, conditions, name)
+        except glm.ContrastError as exc:
+            raise glm.ContrastError(f"{config.source}: [contrasts] {exc}") from None
     return design
 
 
@@ -584,7 +587,14 @@ def _preprocess(config: Config, run: data.Run, w: _Writer) -> tuple[data.Run, di
     """
     import dataclasses
 
+    from .space import TEMPLATE_SPACE
+
     cfg = config.preprocessing
+    if cfg.mode == "on" and run.space != "native":  # never normalise twice
+        raise data.DataError(f"{next(iter(run.files.values()), 'BOLD run')}: preprocessing.mode = \"on\" but the run is "
+                             f"already in {run.space} space ({run.description}); normalising it again would resample "
+                             "it twice: set preprocessing.mode = \"auto\", or bids.raw_space = \"native\" if it is "
+                             "really in scanner space")
     if cfg.mode == "off" or (cfg.mode == "auto" and run.space != "native"):
         why = ("it is switched off in the configuration, preprocessing.mode = \"off\"" if cfg.mode == "off"
                else f"the data are already in {run.space} space")
@@ -632,13 +642,13 @@ def _preprocess(config: Config, run: data.Run, w: _Writer) -> tuple[data.Run, di
            title="Anatomical edges over the coregistered mean functional image")
     w.draw(qc.plot_carpet, pre.realigned_img, w.fig("qc.carpet", "desc-carpet_qc.png"), t_r=run.t_r, fd=pre.fd,
            fd_threshold=params.fd_threshold)
-    w.derivative(pre.mean_img, "space-MNI152NLin2009cAsym_desc-mean_bold.nii.gz",
-                 {"Description": "mean of the preprocessed run", "Space": "MNI152NLin2009cAsym"})
-    info = {"ran": True, "space": "MNI152NLin2009cAsym", "native_space": run.space,
+    w.derivative(pre.mean_img, f"space-{TEMPLATE_SPACE}_desc-mean_bold.nii.gz",
+                 {"Description": "mean of the preprocessed run", "Space": TEMPLATE_SPACE})
+    info = {"ran": True, "space": TEMPLATE_SPACE, "native_space": run.space,
             "context": plain(pre.context(motion_regressors=n_motion)), "qc": plain(pre.qc),
             "timings": plain(pre.timings), "motion_confounds": list(confounds.columns) if n_motion else []}
     new = dataclasses.replace(run, bold_img=pre.bold_img, anat_img=pre.anat_mni_img, mask_img=pre.mask_img,
-                              space="MNI152NLin2009cAsym", confounds=confounds)
+                              space=TEMPLATE_SPACE, confounds=confounds)
     return new, info
 
 

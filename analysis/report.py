@@ -52,12 +52,35 @@ def calibration_text(res: Results) -> str:
     return text.render("calibration.md.j2", cal=main, reference=ref)
 
 
+def space_text(space: str) -> str:
+    """One or two sentences naming the data's MNI template and the atlases' space, and what the difference means."""
+    from .space import ATLAS_SPACE, DETECTED_SPACE, TEMPLATE_SPACE
+
+    if not space.upper().startswith("MNI"):
+        return ""
+    if space == TEMPLATE_SPACE:
+        where = (f"nilearn's bundled ICBM 2009a nonlinear symmetric MNI152 template ({TEMPLATE_SPACE}) "
+                 "[@fonov2011]")
+    elif space == DETECTED_SPACE:
+        where = ("MNI space, as detected from the images (which MNI152 template they were normalised to is not "
+                 "recorded)")
+    else:
+        where = f"{text.md_escape(space)} space, as declared"
+    same = space == ATLAS_SPACE
+    return text.md(
+        f"Coordinates are in {where}. The Harvard-Oxford, Yeo 2011 and Schaefer 2018 atlases used for labels and "
+        f"network masks are distributed in FSL's MNI152 space ({ATLAS_SPACE})"
+        + (", the same space." if same else
+           ": both are MNI spaces, but the templates differ locally by a few millimetres, so a label near a "
+           "region border, and the edge of a network mask, is uncertain by about a voxel."))
+
+
 def methods(res: Results) -> str:
     """The methods paragraph (Markdown with @citations)."""
     c = res.contrast()
     return text.render("methods.md.j2", res=res, hrf=HRF_TEXT[res.model.hrf_model],
                        pre=res.extras.get("preprocessing"),
-                       noise={"text": _noise_text(res)},
+                       noise={"text": _noise_text(res)}, space_text=space_text(res.dataset.space),
                        threshold_labels=[t.label for t in c.thresholds], primary_label=c.primary.label)
 
 
@@ -167,7 +190,8 @@ def figure(res: Results, role: str, missing: str = "Not available in this run.")
 
 def statmap_text(res: Results) -> str:
     return text.render("statmap.md.j2", res=res, sm=res.extras["statmap"], c=res.contrast(),
-                       threshold_labels=[t.label for t in res.contrast().thresholds])
+                       threshold_labels=[t.label for t in res.contrast().thresholds],
+                       space_text=space_text(res.dataset.space))
 
 
 def dmn_overlap_text(res: Results) -> str:

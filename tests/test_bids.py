@@ -123,10 +123,43 @@ def test_chapters_run_on_the_bids_report(bids_results):
         os.environ.pop("ANALYSIS_CONFIG")
 
 
-def test_raw_bids_is_native_space_without_labels(tmp_path):
+def test_raw_bids_run_already_in_mni_is_detected_declarable_and_never_normalised_twice(tmp_path):
+    """The raw run of this dataset is written on an MNI grid: it is detected as MNI (labels, DMN), a user can
+    declare it native, a run moved into scanner coordinates is native, and forcing preprocessing is refused."""
+    from analysis.space import DETECTED_SPACE, detect_mni
+
     root = _write_bids(tmp_path / "bids", space=False)
-    run_ = load_bids(load_config(_config(tmp_path / "out", root)))
-    assert run_.space == "native" and run_.t_r == TR and run_.confounds is None
+    detected = load_bids(load_config(_config(tmp_path / "out", root)))
+    print(f"\nraw run: {detected.description}")
+    assert detected.space == DETECTED_SPACE and detected.t_r == TR and detected.confounds is None
+    assert "detected as in MNI space" in detected.description
+    declared = load_bids(load_config(_config(tmp_path / "out2", root, raw_space="native")))
+    assert declared.space == "native" and "declared" in declared.description
+    declared = load_bids(load_config(_config(tmp_path / "out3", root, raw_space="MNI152NLin2009cAsym")))
+    assert declared.space == "MNI152NLin2009cAsym"
+    # the same image in scanner coordinates: rotated 12 degrees and moved 40 mm
+    img = detected.bold_img
+    a = np.deg2rad(12)
+    pose = np.array([[1, 0, 0, 0], [0, np.cos(a), -np.sin(a), 40], [0, np.sin(a), np.cos(a), -30], [0, 0, 0, 1.0]])
+    native = detect_mni(nib.Nifti1Image(np.asarray(img.dataobj), pose @ img.affine))
+    print(f"moved run: {native.reason}")
+    assert not native.is_mni and detect_mni(img).is_mni
+    cfg = _config(tmp_path / "out4", root)
+    cfg.write_text(cfg.read_text() + '\n[preprocessing]\nmode = "on"\n')
+    with pytest.raises(DataError, match="already in MNI152 space .* normalising it again"):
+        run(cfg)
+
+
+def test_faces_task_gets_no_auditory_sentence(bids_results):
+    """The positive control follows the data: a task the report does not know gets none, and the DMN prose uses
+    the contrast's own condition names."""
+    from analysis import report
+
+    res, _ = bids_results
+    prose = report.dmn_text(res)
+    print("\n" + prose)
+    assert "uditory" not in prose and "listening" not in prose
+    assert "No positive-control network was tested" in prose and "A > B" in prose
 
 
 @pytest.mark.parametrize("bids, match", [

@@ -97,3 +97,59 @@ def test_dmn_prose_follows_the_data_planted_and_null(sim_results, tmp_path):
     null_prose = report.dmn_text(null)
     assert "no evidence of a DMN deactivation" in null_prose
     assert "mean signal showed listening < rest" not in null_prose
+
+
+def test_results_and_dmn_chapters_agree_at_every_threshold(sim_results):
+    """The DMN chapter counts on the results chapter's thresholded maps: same voxels at every threshold."""
+    from analysis.dmn import DMNResult
+
+    c = sim_results.contrast()
+    info = sim_results.extras["dmn"]
+    overlaps = {o["key"]: o for o in info["overlaps"]}
+    assert list(overlaps) == [t.key for t in c.thresholds]
+    for t in c.thresholds:
+        print(f"\n{t.label}: results {t.n_neg} voxels with {c.negative_direction}; DMN chapter "
+              f"{overlaps[t.key]['n_below']} ({overlaps[t.key]['n_overlap']} in the DMN)", end="")
+        assert overlaps[t.key]["n_below"] == t.n_neg
+    d = DMNResult.from_dict(info["result"])
+    assert d.overlap.n_suprathreshold == c.primary.n_neg and info["threshold_label"] == c.primary.label
+    assert d.seed.threshold_label == c.primary.label  # the seed map gets the same procedure, named
+    prose = report.dmn_text(sim_results)
+    assert c.primary.label in prose and "were deactivated" not in prose
+
+
+def test_pure_noise_gets_no_fallback_threshold_and_no_deactivation_claim(tmp_path):
+    """No planted effect at all: FDR finds no cut-off; the DMN chapter says so instead of falling back to p < .001."""
+    from conftest import write_config
+
+    res = run(write_config(tmp_path, simulation={"auditory_psc": 0.0, "dmn_psc": 0.0},
+                           calibration={"enabled": False}, dmn={"seed_map": False}))
+    c = res.contrast()
+    info = res.extras["dmn"]
+    print(f"\npure noise: primary {c.primary.label} cut-off {c.primary.threshold_text}; "
+          f"DMN overlap at {info['threshold_label']}: {info['overlaps'][3]['n_below']} voxels")
+    assert not c.primary.has_cutoff and not c.primary.survived
+    assert info["threshold_key"] == c.primary_key and info["z_threshold"] is None
+    prose = report.dmn_text(res)
+    assert "p < 0.001" not in prose and "deactivated" not in prose
+    assert "found no z cut-off" in prose and "no voxel of the map showed listening < rest" in prose
+
+
+def test_peak_outside_labelled_tissue_says_nearest_label_and_distance(sim_results):
+    """The simulation's right auditory peak lies in white matter: table and prose name the nearest label."""
+    from analysis import tables
+
+    c = sim_results.contrast()
+    peaks = c.peaks()
+    off = peaks[peaks["Label distance (mm)"] > 0]
+    assert len(off), peaks[["X", "Y", "Z", "Label", "Label distance (mm)"]]
+    shown = tables.clusters(c, "+")
+    prose = report.results_text(sim_results)
+    for _, row in off.iterrows():
+        expected = f"nearest: {row['Label']}, {row['Label distance (mm)']:.1f} mm"
+        print(f"\npeak {text.fmt_mni((row['X'], row['Y'], row['Z']))}: {expected}")
+        assert expected in set(shown["Harvard-Oxford label"])
+        assert f"({expected})" in prose
+    exact = peaks[peaks["Label distance (mm)"] == 0]
+    for lab in exact["Label"]:
+        assert f"in {lab}" in prose
