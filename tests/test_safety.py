@@ -6,11 +6,13 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+from html.parser import HTMLParser
 from pathlib import Path
 
 import nibabel as nib
@@ -516,3 +518,164 @@ def test_check_command_validates_without_fitting(tmp_path, bids_root):
     proc = _cli("--config", str(cfg), "--check")
     assert proc.returncode == 0 and proc.stdout.startswith("ok: bids: 60 volumes"), proc.stderr
     assert not (tmp_path / "out" / "results").exists()
+
+
+# ----------------------------------------------------------------------------- 8. property-based contract
+
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+HOSTILE_TEXT = st.one_of(
+    st.text(max_size=24),
+    st.sampled_from(["", " ", "n/a", "constant", "drift_1", INJECT, "{{< meta title >}}", "a >}} b", "[x](javascript:1)",
+                     "`x`", "$x$", "@key", "::: {.x}", "# h", "A\tB", "A\nB", "ｌｉｓｔｅｎ", "Fußball", "left hand",
+                     "A_derivative", "a" * 200, "trans_x", "\x00", "\u202e", "1e400", "-0", "../../etc/passwd"]),
+)
+NUMBER = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**15, 10**15),
+                   st.sampled_from([0, -1, 0.0, 1e-300, 7, 2.0]))
+VALUE = st.one_of(NUMBER, HOSTILE_TEXT, st.booleans(), st.lists(HOSTILE_TEXT, max_size=3))
+KEYS = ["glm.t_r", "glm.hrf_model", "glm.noise_model", "glm.high_pass", "glm.smoothing_fwhm", "glm.rho_fwhm",
+        "inference.alpha", "inference.fpr_alpha", "inference.z_threshold", "inference.cluster_threshold",
+        "inference.primary", "inference.two_sided", "simulation.rho", "statmap.dof", "dmn.node_radius",
+        "calibration.n_null", "data.seed", "bids.run", "bids.confounds", "output.cache_dir", "glm.noise_modle",
+        "report.title", "report.abstract", "report.keywords"]
+CONTRAST = st.one_of(
+    st.sampled_from(["A - B", "A", "0.5 * (A + B)", "'A' - B", "A / 0", "A * B", "__import__('os')", "A.real",
+                     "@A", "ＡＢ", "A - constant", "(A + B) / 2", "A +", "'B' - 'C'"]),
+    st.text(alphabet=st.sampled_from(list("AB()+-*/ .'\"@_01ｌ[]{}<>")), max_size=20),
+)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return "nan" if v != v else ("inf" if v == float("inf") else "-inf" if v == float("-inf") else repr(v))
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(v, ensure_ascii=True)
+
+
+@st.composite
+def hostile_case(draw):
+    sections: dict[str, dict[str, object]] = {}
+    keys = draw(st.one_of(st.just([]), st.lists(st.sampled_from(KEYS), max_size=2, unique=True)))
+    for key in keys:
+        section, name = key.split(".")
+        sections.setdefault(section, {})[name] = draw(VALUE)
+    cons = draw(st.one_of(st.just({"AvsB": "A - B"}), st.dictionaries(
+        st.sampled_from(["c", "d", "AvsB", "x_y", "xY"]), CONTRAST, min_size=1, max_size=2)))
+    valid = [(6, 12, "A"), (30, 12, "B"), (54, 12, "A"), (78, 12, "B")]
+    n = draw(st.integers(0, 4))
+    hostile = [(draw(st.one_of(NUMBER, HOSTILE_TEXT, st.sampled_from([6, 30, 54, 78, 200]))),
+                draw(st.one_of(NUMBER, st.just(12))),
+                draw(st.one_of(HOSTILE_TEXT, st.sampled_from(["A", "B"])))) for _ in range(n)]
+    rows = valid[:draw(st.integers(0, 4))] + hostile
+    raw = draw(st.one_of(st.none(), st.none(), st.binary(max_size=40)))
+    return sections, cons, rows, raw
+
+
+@pytest.fixture(scope="module")
+def property_root(tmp_path_factory):
+    return write_bids(tmp_path_factory.mktemp("prop"))
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=hostile_case())
+def test_cli_contract_on_generated_configs_and_events(tmp_path_factory, property_root, case):
+    """Exit 0, or exit 2 with one line starting "error:" that names a file or key; no traceback; the output
+    folder unchanged (it holds a user's file that must survive)."""
+    sections, cons, rows, raw = case
+    events_path = property_root / "sub-01" / "func" / "sub-01_task-x_events.tsv"
+    if raw is not None:
+        events_path.write_bytes(raw)
+    else:
+        pd.DataFrame(rows, columns=["onset", "duration", "trial_type"]).to_csv(events_path, sep="\t", index=False)
+    out = tmp_path_factory.mktemp("propout")
+    (out / "mine.txt").write_text("user file")  # beside the output folders (inside them: another test)
+    cfg = bids_config(out, property_root, {"AvsB": "A - B"})
+    text_ = cfg.read_text(encoding="utf-8")
+    text_ = text_.replace('[contrasts]\nAvsB = "A - B"', "[contrasts]\n" + "\n".join(
+        f"{k} = {json.dumps(v, ensure_ascii=True)}" for k, v in cons.items()))
+    for section, values in sections.items():
+        body = "\n".join(f"{k} = {_toml_value(v)}" for k, v in values.items())
+        text_ += f"\n[{section}]\n{body}\n" if f"[{section}]" not in text_ else ""
+        if f"[{section}]\n{body}" not in text_:
+            text_ = text_.replace(f"[{section}]\n", f"[{section}]\n{body}\n", 1)
+    cfg.write_text(text_, encoding="utf-8")
+    before = _tree(out)
+    code, err = _main("--config", str(cfg), "--check")
+    assert code in (0, 2), err
+    event(f"exit {code}: " + (re.sub(r"/\S+", "<path>", err)[7:50] if code else "ok"))
+    if code == 2:
+        line = _one_line_error(err)
+        assert str(cfg) in line or str(property_root) in line or str(out) in line, line
+    else:
+        assert not err.strip(), err
+    assert _tree(out) == before
+
+
+# ----------------------------------------------------------------------------- 9. the rendered HTML
+
+class _Tags(HTMLParser):
+    """The elements of a page that user text must never become: scripts, bold text, javascript: links."""
+
+    def __init__(self):
+        super().__init__()
+        self.scripts, self.bold, self.js_links, self._in = [], "", [], None
+
+    def handle_starttag(self, tag, attrs):
+        self._in = tag
+        if tag == "script":
+            self.scripts.append("")
+        self.js_links += [v for k, v in attrs if k in ("href", "src") and v and v.strip().lower().startswith("javascript")]
+
+    def handle_endtag(self, tag):
+        self._in = None
+
+    def handle_data(self, data):
+        if self._in == "script":
+            self.scripts[-1] += data
+        elif self._in in ("b", "strong"):
+            self.bold += data
+
+
+def test_script_in_condition_names_and_report_fields_is_literal_in_rendered_html(tmp_path):
+    """A real ``quarto render --to html``: user text shows as text, never as a tag, shortcode or link."""
+    import rendered
+
+    quarto = rendered.quarto_command()
+    root = write_bids(tmp_path / "bids", trial_types=(INJECT, "B {{< meta title >}}"))
+    project = rendered.copy_sources(tmp_path / "project")
+    report_table = textwrap.dedent(f"""
+        [report]
+        title = {json.dumps(INJECT + " {{< pagebreak >}}")}
+        abstract = "<b>bold</b> [click](javascript:alert(2)) {{{{< meta title >}}}} a >}}}} b"
+        keywords = [{json.dumps(INJECT)}, "fMRI"]
+
+        [[report.authors]]
+        name = {json.dumps(INJECT)}
+        affiliation = "{{{{< meta author >}}}}"
+        """)
+    cfg = bids_config(project, root, {"c": f"'{INJECT}' - 'B {{{{< meta title >}}}}'"}, extra=report_table)
+    env = {**ENV, "ANALYSIS_CONFIG": str(cfg), "MPLBACKEND": "Agg",
+           "PATH": f"{Path(quarto).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run([quarto, "render", "--to", "html"], cwd=project, env=env, capture_output=True, text=True,
+                          timeout=rendered.RENDER_TIMEOUT)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    pages = {p.name: p.read_text(encoding="utf-8") for p in (project / "_book").rglob("*.html")
+             if "site_libs" not in p.parts}
+    assert pages
+    for name, html in pages.items():
+        tags = _Tags()
+        tags.feed(html)
+        assert not [t for t in tags.scripts if "alert(" in t], name  # never a tag
+        assert "bold" not in tags.bold and not tags.js_links, name
+        assert "?meta:" not in html and "{{<" not in html.replace("{\u2060{", ""), name
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert escaped in pages["index.html"]  # the title page: title, author, keyword
+    assert escaped in pages["01-data.html"]  # the events table
+    assert escaped in pages["02-methods.html"]  # the methods prose names the condition
