@@ -62,13 +62,13 @@ def space_text(space: str) -> str:
         where = (f"nilearn's bundled ICBM 2009a nonlinear symmetric MNI152 template ({TEMPLATE_SPACE}) "
                  "[@fonov2011]")
     elif space == DETECTED_SPACE:
-        where = ("MNI space, as detected from the images (which MNI152 template they were normalised to is not "
+        where = ("an MNI152 template, as detected from the images (which one they were normalised to is not "
                  "recorded)")
     else:
-        where = f"{text.md_escape(space)} space, as declared"
+        where = f"{text.md_escape(space)}, as declared"
     same = space == ATLAS_SPACE
     return text.md(
-        f"Coordinates are in {where}. The Harvard-Oxford, Yeo 2011 and Schaefer 2018 atlases used for labels and "
+        f"Coordinates are in the space of {where}. The Harvard-Oxford, Yeo 2011 and Schaefer 2018 atlases used for labels and "
         f"network masks are distributed in FSL's MNI152 space ({ATLAS_SPACE})"
         + (", the same space." if same else
            ": both are MNI spaces, but the templates differ locally by a few millimetres, so a label near a "
