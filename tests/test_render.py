@@ -1,0 +1,208 @@
+"""Tests on what a real ``quarto render`` wrote (HTML, typst PDF, Word), not on the sources.
+
+One render per profile per session (``rendered_default``, ``rendered_statmap`` in conftest.py, tests/rendered.py).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+from rendered import EXPECTED_LOG_WARNINGS
+
+from analysis import text
+
+
+PROFILES = ["rendered_default", "rendered_statmap"]
+
+
+@pytest.fixture(params=PROFILES)
+def book(request):
+    return request.getfixturevalue(request.param)
+
+
+def _squash(s: str) -> str:
+    """Whitespace (line breaks of the PDF text included) as single spaces; soft hyphens dropped."""
+    return re.sub(r"\s+", " ", s.replace("\u00ad", ""))
+
+
+def _pdf_text(book) -> str:
+    if not shutil.which("pdftotext"):
+        pytest.fail("pdftotext is missing (Debian package poppler-utils; .ci/run installs it)")
+    return subprocess.run(["pdftotext", "-enc", "UTF-8", str(book.pdf()), "-"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def _docx_text(book) -> str:
+    import docx
+
+    doc = docx.Document(str(book.docx()))
+    parts = [p.text for p in doc.paragraphs]
+    for table in doc.tables:
+        for row in table.rows:
+            parts.extend(cell.text for cell in row.cells)
+    return "\n".join(parts)
+
+
+def _visible_text(page: Path) -> str:
+    body = page.read_text(encoding="utf-8")
+    body = re.sub(r"(?s)<(script|style)\b.*?</\1>", " ", body)
+    return html.unescape(re.sub(r"<[^>]+>", " ", body))
+
+
+def _headlines(book) -> list[str]:
+    """Headline numbers of results.json as the report formats them: primary voxel count, top peak and its z."""
+    res = book.results()
+    c = next(iter(res["contrasts"].values()))
+    primary = next(t for t in c["thresholds"] if t["key"] == c["primary_key"])
+    out = [text.fmt_k(primary["n_pos"]), f"{primary['z_threshold']:.2f}"]
+    cols = c["clusters"]["columns"]
+    rows = [dict(zip(cols, r)) for r in c["clusters"]["data"] if dict(zip(cols, r))["Sign"] == "+"]
+    assert rows, "the planted signal must give at least one positive cluster"
+    top = max(rows, key=lambda r: float(r["Peak Stat"]))
+    out += [text.fmt_mni((top["X"], top["Y"], top["Z"])), text.fmt_z(top["Peak Stat"])]
+    return out
+
+
+# --- the render log ------------------------------------------------------------------------------------------
+
+def test_render_log_has_no_error_traceback_or_unexpected_warning(book):
+    bad = []
+    for line in book.log.splitlines():
+        if re.search(r"Traceback|Error|ERROR|Exception|WARN|Warning|warning", line):
+            if not any(p.search(line) for p in EXPECTED_LOG_WARNINGS):
+                bad.append(line.strip()[:200])
+    assert not bad, f"{book.profile} render log:\n" + "\n".join(bad)
+
+
+def test_each_chapter_is_executed_once_whatever_the_number_of_formats(book):
+    from analysis.freeze import executable_chapters
+
+    in_book = set(book.chapters())
+    executable = [str(p) for p in executable_chapters(book.project) if str(p) in in_book]
+    kernels = book.log.count("Starting python3 kernel")
+    assert kernels == len(executable), f"{kernels} kernels for {len(executable)} chapters with code, 3 formats"
+
+
+def test_frozen_results_are_the_same_for_every_format(book):
+    """What makes one execution valid for all formats: no frozen result names a format-specific file."""
+    frozen = sorted((book.project / "_freeze").rglob("html.json"))
+    assert frozen
+    for path in frozen:
+        result = json.loads(path.read_text(encoding="utf-8"))["result"]
+        assert "figure-html" not in result["markdown"] and "_files/figure-" not in result["markdown"], path
+        assert not any(result.get("includes") or {}), f"{path}: HTML-only includes (CDN scripts) in a result"
+        for fmt in ("typ", "docx"):
+            assert (path.parent / f"{fmt}.json").is_symlink()
+
+
+# --- HTML ----------------------------------------------------------------------------------------------------
+
+def test_html_has_no_unresolved_reference(book):
+    for page in book.html_pages():
+        visible = _visible_text(page)
+        assert "?@" not in visible, f"{page.name}: unresolved cross-reference"
+        assert not re.search(r"\?\?|\[\?[a-z]", visible), f"{page.name}: unresolved citation"
+
+
+def test_every_image_exists_and_is_not_empty(book):
+    n = 0
+    for page in book.html_pages():
+        for src in re.findall(r"<img\b[^>]*\bsrc=\"([^\"]+)\"", page.read_text(encoding="utf-8")):
+            if src.startswith("data:"):
+                continue
+            assert not urlparse(src).scheme, f"{page.name}: image from another host: {src}"
+            target = (page.parent / unquote(src.split("#")[0])).resolve()
+            assert target.is_file() and target.stat().st_size > 0, f"{page.name}: {src} missing or empty"
+            n += 1
+    assert n >= 3
+
+
+def test_html_loads_nothing_from_another_host(book):
+    """Static half of the offline check (the browser test records real requests)."""
+    for page in [*book.html_pages(), *book.book.glob("site_libs/**/*.css")]:
+        body = page.read_text(encoding="utf-8", errors="replace")
+        for tag in re.findall(r"<(?:script|link|iframe|img)\b[^>]*>", body):
+            m = re.search(r"\b(?:src|href)=\"(https?:)?//", tag)
+            if m and "rel=\"" in tag and re.search(r"rel=\"(?!stylesheet|icon|preload|modulepreload)", tag):
+                continue  # an ordinary hyperlink-like <link> (e.g. rel="canonical") is not loaded
+            assert not m, f"{page.name}: loads {tag[:160]}"
+        assert "fonts.googleapis" not in body and "@import url(http" not in body, page.name
+
+
+def test_headline_numbers_are_in_the_html(book):
+    pages = " ".join(_squash(_visible_text(p)) for p in book.html_pages())
+    for value in _headlines(book):
+        assert value in pages, f"{book.profile}: {value!r} not in the HTML"
+
+
+def test_cross_reference_links_point_to_existing_targets(book):
+    ids = {}
+    for page in book.html_pages():
+        ids[page.resolve()] = set(re.findall(r"\bid=\"([^\"]+)\"", page.read_text(encoding="utf-8")))
+    n = 0
+    for page in book.html_pages():
+        for href in re.findall(r"<a\b[^>]*class=\"quarto-xref\"[^>]*href=\"([^\"]+)\"|"
+                               r"<a\b[^>]*href=\"([^\"]+)\"[^>]*class=\"quarto-xref\"",
+                               page.read_text(encoding="utf-8")):
+            href = href[0] or href[1]
+            path, _, frag = href.partition("#")
+            target = (page.parent / path).resolve() if path else page.resolve()
+            assert target in ids, f"{page.name}: {href} names a missing page"
+            assert not frag or frag in ids[target], f"{page.name}: {href}: no #{frag} on {target.name}"
+            n += 1
+    assert n >= 5
+
+
+def test_keywords_only_on_the_home_page(book):
+    for page in book.html_pages():
+        body = page.read_text(encoding="utf-8")
+        if page.name == "index.html" and page.parent == book.book:
+            assert "Keywords:" in _visible_text(page)
+        else:
+            assert 'class="keywords"' not in body and "Keywords" not in _visible_text(page), page.name
+
+
+# --- PDF (typst) and Word --------------------------------------------------------------------------------------
+
+def test_pdf_has_numbers_resolved_references_and_one_bibliography(book):
+    pdf = _pdf_text(book)
+    flat = _squash(pdf)
+    assert "?@" not in flat and "??" not in flat
+    for value in _headlines(book):
+        assert value in flat, f"{book.profile}: {value!r} not in the PDF text"
+    assert "Bibliography" not in flat, "typst's own bibliography page besides the References chapter"
+    refs = pdf.split("\f")
+    ref_pages = [p for p in refs if re.match(r"\s*References\s*\n", p)]
+    assert ref_pages and "Abraham" in ref_pages[0], "the References chapter lists the cited works"
+
+
+def test_every_figure_and_table_the_pdf_cites_exists(book):
+    flat = _squash(_pdf_text(book))
+    cited = set(re.findall(r"\b(Figure|Table) (\d+\.\d+)\b", flat))
+    captions = set(re.findall(r"\b(Figure|Table) (\d+\.\d+):", flat))
+    assert captions, "no numbered captions in the PDF"
+    missing = sorted(f"{k} {n}" for k, n in cited - captions)
+    assert not missing, f"cited but not in the PDF: {missing}"
+
+
+def test_docx_has_the_headline_numbers_and_every_figure(book):
+    import docx
+
+    body = _squash(_docx_text(book))
+    assert "?@" not in body
+    for value in _headlines(book):
+        assert value in body, f"{book.profile}: {value!r} not in the DOCX"
+    doc = docx.Document(str(book.docx()))
+    images = [r for r in doc.part.rels.values() if "image" in r.reltype]
+    assert len(images) >= 3
+    assert all(len(r.target_part.blob) > 1000 for r in images)
+    cited = set(re.findall(r"\b(Figure|Table) (\d+\.\d+)\b", body))
+    captions = set(re.findall(r"\b(Figure|Table) (\d+\.\d+):", body))
+    assert not sorted(cited - captions), f"cited but not in the DOCX: {sorted(cited - captions)}"
