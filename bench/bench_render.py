@@ -63,8 +63,14 @@ def _copy(dest: Path) -> Path:
 def _edit_one_word(project: Path, n: int) -> None:
     path = project / EDITED
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    for i, line in enumerate(lines):  # the first prose line: not a heading, a fence, an option or a div
-        if line.strip() and not line.lstrip().startswith(("#", "`", ":", "|", "@")) and " " in line:
+    in_code = False
+    for i, line in enumerate(lines):  # the first prose line: outside code, not a heading, fence or div
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+            continue
+        if in_code or "`" in line:
+            continue
+        if line.strip() and not line.lstrip().startswith(("#", ":", "|", "@")) and " " in line:
             lines[i] = line.replace(" ", f" word{n} ", 1)
             break
     path.write_text("".join(lines), encoding="utf-8")
