@@ -386,7 +386,32 @@ def _load_nifti(path: str) -> nib.Nifti1Image:
         raise DataError(f"{path}: the image's affine (voxel-to-world matrix) is "
                         f"{'not finite' if not np.all(np.isfinite(affine)) else 'singular'}; fix the header's "
                         "qform/sform (e.g. re-export the image)")
+    check_orientation(img, path)
     return img
+
+
+def check_orientation(img, path: str) -> None:
+    """Refuse an image whose qform and sform disagree on the direction of an axis (a left-right flip in one).
+
+    Both matrices place the voxels in the world; when both are set (codes > 0) and point an axis in opposite
+    directions, which side of the brain is left depends on the program that reads the file.
+    """
+    import nibabel as nib
+
+    hdr = img.header
+    if not hasattr(hdr, "get_qform"):
+        return
+    qform, qcode = hdr.get_qform(coded=True)
+    sform, scode = hdr.get_sform(coded=True)
+    if qform is None or sform is None or not qcode or not scode:
+        return
+    if not (np.all(np.isfinite(qform)) and np.all(np.isfinite(sform))):
+        return
+    q, s_ = nib.aff2axcodes(qform), nib.aff2axcodes(sform)
+    if q != s_:
+        raise DataError(f"{path}: the header's qform ({''.join(q)}) and sform ({''.join(s_)}) disagree on the "
+                        "orientation (one of them is flipped, e.g. left-right); fix the header so both describe "
+                        "the same orientation (e.g. fslorient -copysform2qform after checking which is right)")
 
 
 def check_bold(img: nib.Nifti1Image, path: str = "BOLD image") -> nib.Nifti1Image:

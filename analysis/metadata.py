@@ -348,7 +348,7 @@ def _file_cell(path: Path, rel: str, links_from, label: str | None = None) -> st
 
     from .text import md, md_escape
 
-    return md(f"[{md_escape(label or path.name)}](<{quote(str(href))}>)")
+    return md(f"[{md_escape(label or path.name)}]({quote(str(href))})")  # %-encoded: no ) or space ends it
 
 
 def _size(path: Path) -> str:

@@ -10,7 +10,7 @@ from .results import ContrastResult, Results
 
 __all__ = ["methods", "results_text", "calibration", "calibration_text", "dmn", "dmn_text", "dmn_callout",
            "fallback_callout", "label_caption", "subtitle", "dataset_line", "figure", "statmap_text",
-           "dmn_overlap_text", "preprocessing_text", "preprocessing_section", "HRF_TEXT"]
+           "dmn_overlap_text", "preprocessing_text", "preprocessing_section", "HRF_TEXT", "rft"]
 
 HRF_TEXT = {
     "spm": "canonical SPM haemodynamic response function",
@@ -75,13 +75,33 @@ def space_text(space: str) -> str:
            "region border, and the edge of a network mask, is uncertain by about a voxel."))
 
 
+_NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
+
+
+def rft(res: Results):
+    """The random-field inference (:class:`analysis.rft.RFTInference`), or None when it was not available."""
+    info = res.extras.get("rft")
+    if not info or not info.get("available"):
+        return None
+    from .rft import RFTInference
+
+    return RFTInference.from_dict(info)
+
+
+def _rft_context(res: Results) -> dict:
+    info = res.extras.get("rft") or {}
+    reason = info.get("reason") or "the analysis did not compute it (results from an older version)"
+    return {"rft": rft(res), "rft_reason": reason, "statmap": res.dataset.dataset == "statmap"}
+
+
 def methods(res: Results) -> str:
     """The methods paragraph (Markdown with @citations)."""
     c = res.contrast()
     return text.render("methods.md.j2", res=res, hrf=HRF_TEXT[res.model.hrf_model],
                        pre=res.extras.get("preprocessing"),
                        noise={"text": _noise_text(res)}, space_text=space_text(res.dataset.space),
-                       threshold_labels=[t.label for t in c.thresholds], primary_label=c.primary.label)
+                       threshold_labels=[t.label for t in c.thresholds], primary_label=c.primary.label,
+                       n_ways=_NUMBER_WORDS.get(len(c.thresholds), str(len(c.thresholds))), **_rft_context(res))
 
 
 def _peaks(c: ContrastResult, sign: str, n: int, labelled: bool) -> list[dict]:
@@ -97,8 +117,10 @@ def _peaks(c: ContrastResult, sign: str, n: int, labelled: bool) -> list[dict]:
         if labelled and isinstance(row.get("Label"), str) and row["Label"]:
             label = text.fmt_label(row["Label"], row.get("Label distance (mm)"))
             nearest = label != row["Label"]
+        p_fwe = row.get("Cluster p(FWE)")
         out.append({"id": str(row["Cluster ID"]), "xyz": (row["X"], row["Y"], row["Z"]), "z": row["Peak Stat"],
-                    "k": row["Cluster Size (voxels)"], "label": label, "nearest": nearest})
+                    "k": row["Cluster Size (voxels)"], "label": label, "nearest": nearest,
+                    "p_fwe": None if p_fwe is None or p_fwe != p_fwe else float(p_fwe)})
     return out
 
 
@@ -108,8 +130,10 @@ def results_text(res: Results, name: str | None = None, n_peaks: int = 3) -> str
     mni = res.dataset.space.startswith("MNI")
     note = "" if mni else ("Coordinates are in the scanner space of the raw images, not MNI space, so no atlas "
                            "labels are given.")
+    keys = [t.key for t in c.thresholds]
+    fwe = c.threshold("cluster_fwe") if "cluster_fwe" in keys and c.primary_key != "cluster_fwe" else None
     return text.render("results.md.j2", c=c, res=res, pos=_peaks(c, "+", n_peaks, mni),
-                       neg=_peaks(c, "-", n_peaks, mni), space_note=note)
+                       neg=_peaks(c, "-", n_peaks, mni), space_note=note, cluster_fwe=fwe)
 
 
 def dmn(res: Results):
@@ -165,10 +189,9 @@ def dataset_line(res: Results) -> str:
     if not ds.has_time_series:
         sm = res.extras.get("statmap", {})
         stat = f"t map, {sm.get('dof', 0):g} degrees of freedom" if sm.get("stat") == "t" else "z map"
-        return text.md_escape(f"{sm.get('source', ds.description)} ({stat}, {ds.space})")
+        return f"{sm.get('source', ds.description)} ({stat}, {ds.space})"  # inline: Quarto shows it as text
     sim = " (simulated)" if ds.is_simulated and ds.dataset != "simulated" else ""
-    return text.md_escape(f"{ds.dataset}{sim}, {ds.n_scans} volumes, TR "
-                          f"{text.fmt_num(ds.t_r, 2).rstrip('0').rstrip('.')} s, {ds.space}")
+    return f"{ds.dataset}{sim}, {ds.n_scans} volumes, TR {text.fmt_num(ds.t_r, 2).rstrip('0').rstrip('.')} s, {ds.space}"
 
 
 def figure(res: Results, role: str, missing: str = "Not available in this run."):
@@ -189,9 +212,11 @@ def figure(res: Results, role: str, missing: str = "Not available in this run.")
 
 
 def statmap_text(res: Results) -> str:
+    n = len(res.contrast().thresholds)
     return text.render("statmap.md.j2", res=res, sm=res.extras["statmap"], c=res.contrast(),
                        threshold_labels=[t.label for t in res.contrast().thresholds],
-                       space_text=space_text(res.dataset.space))
+                       space_text=space_text(res.dataset.space), n_ways=_NUMBER_WORDS.get(n, str(n)),
+                       **_rft_context(res))
 
 
 def dmn_overlap_text(res: Results) -> str:

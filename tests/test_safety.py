@@ -430,6 +430,21 @@ def test_singular_or_nan_affine_is_refused(tmp_path, kind):
     assert code == 2 and "affine" in line and ("singular" in line or "not finite" in line)
 
 
+def test_left_right_flipped_qform_is_refused(tmp_path):
+    root = write_bids(tmp_path / "clean")
+    img = nib.load(next(root.rglob("*desc-preproc_bold.nii.gz")))
+    flipped = img.affine.copy()
+    flipped[0, 0] *= -1  # the qform says the first axis runs right to left, the sform left to right
+    bold = nib.Nifti1Image(np.asarray(img.dataobj), img.affine)
+    bold.set_qform(flipped, code=1)
+    bold.set_sform(img.affine, code=1)
+    bold.header.set_zooms((6.0, 6.0, 6.0, TR))
+    root = write_bids(tmp_path / "flip", bold=bold)
+    code, err = _main("--config", str(bids_config(tmp_path / "out", root)))
+    line = _one_line_error(err)
+    assert code == 2 and "qform (LAS) and sform (RAS) disagree" in line
+
+
 @pytest.mark.parametrize("toml, message", [
     ("[glm]\nt_r = nan", "glm.t_r = nan is out of range"),
     ("[inference]\nalpha = nan", "inference.alpha = nan is out of range"),
