@@ -28,6 +28,8 @@ TEMPLATE_DIR = Path(__file__).parent / "templates"
 # Word output): text is literal unless the package itself marked it as Markdown with ``md()``. The
 # template environment applies it to every ``{{ ... }}`` expression, so no template can forget it; the
 # number filters below return Markdown (their output is the package's own).
+# Tables (``tables.markdown``) and the title page (``metadata.to_quarto``) apply the same rule. Inline
+# ``{python} value`` expressions in chapters need nothing: Quarto writes a plain string as text.
 
 class Md(str):
     """A string of Markdown written by the package (citations, emphasis): inserted as it is."""

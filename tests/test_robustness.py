@@ -167,7 +167,7 @@ def test_concurrent_runs_do_not_corrupt_the_cache(tmp_path, shared_cache):
     assert codes == [0, 0], [p.stderr.read() for p in procs]
     res = run(cfg)  # valid cache, complete outputs
     assert all(res.path(f).exists() for f in res.figures.values())
-    assert not list(Path(shared_cache).glob("staging-*"))
+    assert not list((tmp_path / "out").glob(".analysis-stage-*")) and not list((tmp_path / "out").glob(".analysis-old-*"))
 
 
 # ----------------------------------------------------------------------------- repeatable
