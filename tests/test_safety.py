@@ -154,6 +154,21 @@ def test_fullwidth_at_and_octal_contrast_never_runs(tmp_path, bids_root):
 
 
 @pytest.mark.parametrize("expr", [
+    "A - B + 0 * __import__('os').system('touch SENTINEL')",
+    "A - B + 0 * (lambda: __import__('os').system('touch SENTINEL'))()",
+    "A - B + 0 * A.__class__.__init__.__globals__['os'].system('touch SENTINEL')",
+    "A - B + 0 * @os.system('touch SENTINEL')",
+    "A - B + 0 * @pd.io.common.os.system('touch SENTINEL')",
+])
+def test_code_in_a_contrast_is_refused_by_the_cli(tmp_path, bids_root, expr):
+    sentinel = tmp_path / "pwned"
+    cfg = bids_config(tmp_path / "out", bids_root, {"c": expr.replace("SENTINEL", str(sentinel))})
+    code, err = _main("--config", str(cfg))
+    assert code == 2 and "contrast 'c'" in _one_line_error(err)
+    assert not sentinel.exists() and not (tmp_path / "out" / "results").exists()
+
+
+@pytest.mark.parametrize("expr", [
     "__import__('os').system('touch SENTINEL')", "(lambda: __import__('os'))()", "A.real", "A.__class__",
     "@A", "A @ B", "A if B else A", "[A][0]", "A[0]", "f'{A}'", "A and B", "A < B", "A ** 2", "A % 2", "A // 2",
     "A * B", "A / B", "A / 0", "A / (1 - 1)", "1e400 * A", "True * A", "None", "...", "2", "A +", "A; B",
