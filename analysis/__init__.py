@@ -5,7 +5,7 @@ Public API::
     from analysis import load_config, run, load_results
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"  # 0.3: outputs carry a manifest; older caches recompute
 
 from .config import Config, ConfigError, load_config  # noqa: E402
 

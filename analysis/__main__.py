@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="Quarto pre-render hook: run (cached), write _report-metadata.yml, keep _freeze/ in step")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress messages")
     parser.add_argument("--verbose", "-v", action="store_true", help="also show the libraries' own warnings")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"analysis {__version__}")
     args = parser.parse_args(argv)
 
     from .pipeline import main_logging
