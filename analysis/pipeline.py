@@ -27,11 +27,12 @@ import numpy as np
 import pandas as pd
 
 from . import __version__, data, outputs
-from .config import Config, load_config
+from .config import Config, ConfigError, load_config
 from .figures.parallel import figure_module
 from .results import ContrastResult, DatasetInfo, ModelInfo, Results, plain
 
-__all__ = ["run", "check", "check_design", "cache_dir", "load_results", "OUTPUT_FOLDERS", "compute_cache_key"]
+__all__ = ["run", "check", "check_design", "cache_dir", "load_results", "OUTPUT_FOLDERS", "compute_cache_key",
+           "code_fingerprint", "RENDER_ONLY"]
 
 log = logging.getLogger("analysis")
 
@@ -154,11 +155,33 @@ def check(config: Config | str | Path | None = None) -> str:
             f"{len(config.contrasts)} contrast(s) valid")
 
 
-def compute_cache_key(config: Config, input_checksums: dict[str, str]) -> str:
-    """SHA-256 over the canonical config, the package version and the input checksums."""
+# Modules read only when the report is rendered (prose, tables, title page): editing them never changes a result,
+# so they are left out of the cache key; every other module computes (or draws the figures the run writes).
+RENDER_ONLY = ("__main__.py", "checklist.py", "freeze.py", "metadata.py", "report.py", "tables.py", "text.py")
+
+
+def code_fingerprint(package_dir: Path | None = None) -> str:
+    """SHA-256 over the source of every module that computes results or draws the run's figures.
+
+    Part of the cache key, so results are never served after an edit of the code that made them (the
+    templates and the render-only modules in :data:`RENDER_ONLY` are read at render time and left out).
+    """
+    package_dir = package_dir or Path(__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(package_dir.rglob("*.py")):
+        rel = path.relative_to(package_dir).as_posix()
+        if rel in RENDER_ONLY or "__pycache__" in rel:
+            continue
+        h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def compute_cache_key(config: Config, input_checksums: dict[str, str], code: str | None = None) -> str:
+    """SHA-256 over the canonical config, the package version, the computing code and the input checksums."""
     h = hashlib.sha256()
     h.update(config.canonical_json().encode())
     h.update(__version__.encode())
+    h.update((code or code_fingerprint()).encode())
     for name in sorted(input_checksums):
         h.update(f"{name}={input_checksums[name]}".encode())
     return h.hexdigest()
@@ -317,6 +340,9 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     model = glm.fit(bold, design, config, mask_img=mask.mask_img)
     mask_img = model.masker_.mask_img_
     maps = glm.compute_contrasts(model, design, config.contrasts, conditions)
+    residual_dof = float(run.n_scans - np.linalg.matrix_rank(design.to_numpy()))
+    rft_inference = _rft_from_model(config, model, mask_img, residual_dof)  # smoothness from the residuals
+    extras["rft"] = rft_inference.to_dict()
 
     bg_img = _background(run, bold)
     atlases = _label_atlases(config, run.space)
@@ -328,7 +354,8 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
         contrast_results[name], thresholded[name] = _infer_contrast(
             w, config, name, m.expression, glm.describe_direction(m.expression, conditions), m.z_img, mask_img,
             space=run.space, atlases=atlases, bg_img=bg_img, vector=m.vector, effect_img=m.effect_img,
-            truth=run.truth, viewer=i == 0)  # the downloads chapter shows the main contrast interactively
+            truth=run.truth, viewer=i == 0,  # the downloads chapter shows the main contrast interactively
+            rft=rft_inference)
 
     # the DMN step before the calibration: its figures are the heavier ones, and the drawing processes get them
     # while the calibration runs
@@ -387,7 +414,10 @@ def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
     _step("loading the statistical map")
     sm = load_statmap(config)
     name = Path(sm.path).name
-    checksums = _checksums({name: sm.path}, _cache_dir(config))
+    smooth_files = {f"{key}:{Path(f).name}": str(_existing(f, f"statmap.{key}"))  # in the cache key, as the map
+                    for key, f in (("rpv", config.statmap.rpv), ("smoothness_file", config.statmap.smoothness_file))
+                    if f}
+    checksums = _checksums({name: sm.path, **smooth_files}, _cache_dir(config))
     key = compute_cache_key(config, checksums)
     w = _Writer(stage, pool)
     bg_img = MNI_BACKGROUND
@@ -395,12 +425,16 @@ def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
     extras: dict = {"atlas": _atlas_info(atlases, sm.space),
                     "statmap": {"path": sm.path, "stat": sm.stat, "dof": sm.dof, "source": sm.source,
                                 "coverage": sm.coverage, "conversion": sm.conversion}}
+    rft_inference = _rft_from_statmap(config, sm)
+    extras["rft"] = rft_inference.to_dict() if rft_inference is not None else {
+        "available": False, "reason": "a statistical map has no residuals to estimate its smoothness from, and "
+                                      "none was given"}
     _step("thresholding, cluster tables and map figures")
     contrast, thresholded = _infer_contrast(
         w, config, sm.contrast, sm.contrast, sm.direction, sm.z_img, sm.mask_img, space=sm.space,
         atlases=atlases, bg_img=bg_img,
         extra_sidecar={"Source": sm.source, "SourceFile": name, "SourceStatistic": sm.stat,
-                       "DegreesOfFreedom": sm.dof or None}, viewer=True)
+                       "DegreesOfFreedom": sm.dof or None}, viewer=True, rft=rft_inference)
     if config.dmn.enabled:
         _step("overlap with the Default Mode Network")
         extras["dmn_overlap"] = _dmn_overlap(config, sm.mask_img, contrast, w, bg_img, thresholded)
@@ -422,6 +456,42 @@ def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
     w.wait()
     (stage / RESULTS_FILE).write_text(results.to_json(), encoding="utf-8")
     return results
+
+
+def _rft_from_model(config: Config, model, mask_img, dof: float):
+    """Random-field inference from the fitted model's whitened residuals (smoothness, resels, FWE thresholds)."""
+    from . import rft
+    from .noise import model_residuals
+
+    inf = config.inference
+    smoothness = rft.estimate_smoothness(model_residuals(model), mask_img, dof=dof, method=inf.smoothness_method)
+    return rft.RFTInference.compute(smoothness, alpha=inf.alpha, cdt_alpha=inf.cdt_alpha, dof=dof,
+                                    two_sided=inf.two_sided)
+
+
+def _rft_from_statmap(config: Config, sm):
+    """Random-field inference with the smoothness the user gave for the map (None when none was given)."""
+    from . import rft
+
+    cfg, inf = config.statmap, config.inference
+    if cfg.fwhm:
+        smoothness = rft.smoothness_from_fwhm(cfg.fwhm, sm.mask_img)
+    elif cfg.rpv:
+        smoothness = rft.smoothness_from_rpv(_existing(cfg.rpv, "statmap.rpv"), sm.mask_img)
+    elif cfg.smoothness_file:
+        smoothness = rft.smoothness_from_fsl(_existing(cfg.smoothness_file, "statmap.smoothness_file"), sm.mask_img)
+    else:
+        return None
+    dof = float(sm.dof) if sm.stat == "t" and sm.dof else None
+    return rft.RFTInference.compute(smoothness, alpha=inf.alpha, cdt_alpha=inf.cdt_alpha, dof=dof,
+                                    two_sided=inf.two_sided)
+
+
+def _existing(path: str, key: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"{p}: file not found; check {key} in the config")
+    return p
 
 
 def _dmn_overlap(config: Config, mask_img, contrast: ContrastResult, w, bg_img, thresholded: dict) -> dict:
@@ -507,7 +577,8 @@ def _label_atlases(config: Config, space: str):
 
 def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, direction: str, z_img, mask_img, *,
                     space: str, atlases, bg_img, vector=(), effect_img=None, truth=None,
-                    extra_sidecar: dict | None = None, viewer: bool = False) -> tuple[ContrastResult, dict]:
+                    extra_sidecar: dict | None = None, viewer: bool = False,
+                    rft=None) -> tuple[ContrastResult, dict]:
     """Thresholds, labelled cluster table, derivative maps and map figures of one contrast's z map.
 
     Returns the contrast's results and the thresholded maps, ``{key: (image, ThresholdResult)}``: the DMN
@@ -518,7 +589,11 @@ def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, dire
 
     ent = glm.entity(name)
     z_img = inference.mask_map(z_img, mask_img)  # the one map every threshold, table, figure and file reads
-    thr = inference.threshold_all(z_img, mask_img, config.inference)
+    thr = inference.threshold_all(z_img, mask_img, config.inference, None if rft is None else rft.cluster_extent)
+    if config.inference.primary not in thr:  # cluster_fwe without random-field inference (a map without smoothness)
+        raise ConfigError(f"inference.primary = {config.inference.primary!r} needs random-field inference, which "
+                          "is not available: give the map's smoothness (statmap.fwhm, statmap.rpv or "
+                          "statmap.smoothness_file) or choose another primary threshold")
     primary_img, primary = thr[config.inference.primary]
     clusters, label_img = inference.cluster_table(z_img, primary, config.inference.min_distance, mask_img)
     if not clusters.empty and atlases is not None:
@@ -526,6 +601,12 @@ def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, dire
 
         clusters = label_cluster_table(clusters, label_img, atlases, space=space)
         clusters.attrs = {}
+    if rft is not None:  # SPM's columns: cluster p(FWE), p(unc) at the table's height; peak p(FWE), q(FDR)
+        from . import rft as rft_module
+
+        in_mask = np.asarray(mask_img.dataobj) > 0
+        clusters = rft_module.add_cluster_table_columns(clusters, z_img.get_fdata()[in_mask], primary.z_threshold,
+                                                        rft)
     # the figures first (the longest first), so the drawing processes work while the maps are written
     peaks = clusters[clusters["Cluster ID"].astype(str).str.fullmatch(r"\d+")]
     cut = tuple(float(v) for v in peaks.iloc[0][["X", "Y", "Z"]]) if len(peaks) else None  # slices through the top peak

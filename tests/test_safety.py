@@ -709,3 +709,31 @@ def test_script_in_condition_names_and_report_fields_is_literal_in_rendered_html
     assert escaped in pages["index.html"]  # the title page: title, author, keyword
     assert escaped in pages["01-data.html"]  # the events table
     assert escaped in pages["02-methods.html"]  # the methods prose names the condition
+
+
+# ----------------------------------------------------------------------------- 10. no stale results after a code edit
+
+def test_cache_key_follows_the_computing_code_only(tmp_path):
+    from analysis import pipeline
+
+    package = Path(pipeline.__file__).parent
+    copy = tmp_path / "analysis"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    base = pipeline.code_fingerprint(copy)
+    assert base == pipeline.code_fingerprint(package)
+    (copy / "text.py").write_text((copy / "text.py").read_text() + "\n# prose-only edit\n")
+    (copy / "templates" / "results.md.j2").write_text("edited")
+    assert pipeline.code_fingerprint(copy) == base  # rendering code: results stay valid
+    (copy / "inference.py").write_text((copy / "inference.py").read_text() + "\n# a computing edit\n")
+    assert pipeline.code_fingerprint(copy) != base
+
+
+def test_a_code_edit_invalidates_the_cached_results(tmp_path, monkeypatch):
+    from analysis import pipeline, run
+
+    cfg = write_config(tmp_path / "out", calibration={"enabled": False}, dmn={"enabled": False})
+    first = run(cfg)
+    assert run(cfg).cache_key == first.cache_key  # a hit
+    monkeypatch.setattr(pipeline, "code_fingerprint", lambda package_dir=None: "edited computing code")
+    second = run(cfg)
+    assert second.cache_key != first.cache_key  # recomputed, not served
