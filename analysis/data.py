@@ -32,7 +32,8 @@ from .config import Config
 from .space import TEMPLATE_SPACE
 
 __all__ = ["DataError", "Run", "load_run", "check_bold", "check_events", "check_t_r", "read_table",
-           "condition_name_problem", "file_sha256", "nilearn_data_dir"]
+           "condition_name_problem", "file_sha256", "nilearn_data_dir", "BoldMatrix", "read_bold", "analysis_mask",
+           "MaskReport"]
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +173,8 @@ def _load_spm_auditory(config: Config) -> Run:
         if not Path(f).exists():
             raise DataError(f"{f}: file listed by fetch_spm_auditory is missing; delete the spm_auditory folder "
                             "in the nilearn data folder to fetch it again")
-    bold_img = check_bold(concat_imgs(func_files) if len(func_files) > 1 else _load_nifti(func_files[0]),
-                          func_files[0])
+    bold_img = check_bold(concat_imgs(func_files) if len(func_files) > 1 else
+                          _load_nifti(func_files[0], read_data=False), func_files[0])
     anat_img = _load_nifti(str(bunch.anat))
     events = check_events(read_table(bunch.events, "events"), bold_img.shape[3], float(bunch.t_r), str(bunch.events))
     files = {Path(f).name: f for f in func_files}
@@ -252,7 +253,7 @@ def load_bids(config: Config) -> Run:
         names = ", ".join(Path(f).name for f in bolds)
         raise DataError(f"{where_bold}: {len(bolds)} runs match {label} ({names}); set bids.run (and bids.session)")
     bold_path = bolds[0]
-    bold_img = check_bold(_load_nifti(bold_path), bold_path)
+    bold_img = check_bold(_load_nifti(bold_path, read_data=False), bold_path)  # read once, by read_bold
 
     # TR: the BOLD sidecar (raw, then derivatives), with BIDS inheritance from the dataset root
     stem = Path(raw[0] if raw else bold_path).name.split(".nii")[0]
@@ -371,14 +372,27 @@ def read_table(path, kind: str = "table") -> pd.DataFrame:
         raise DataError(f"{path}: not a tab-separated table ({first}); BIDS tables are TSV with a header") from None
 
 
-def _load_nifti(path: str) -> nib.Nifti1Image:
+def _load_nifti(path: str, read_data: bool = True) -> nib.Nifti1Image:
+    """The image at ``path``; with ``read_data`` its data are read in full here, so a truncated file is named now
+    (a 4D run is loaded with ``read_data=False`` and read once, by :func:`read_bold`, which names it the same way)."""
     import nibabel as nib
 
     if not Path(path).exists():
         raise DataError(f"{path}: file not found; check the path in the config")
+    if not Path(path).is_file():  # a folder, a FIFO or a device would hang or fail deep inside nibabel
+        raise DataError(f"{path}: not a regular file; point the config at the NIfTI image itself")
+    try:
+        header_img = nib.load(path)
+        n_values = int(np.prod(header_img.shape, dtype=np.float64))
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{path}: not a readable NIfTI image ({type(exc).__name__}); re-download or re-export it") from None
+    if n_values > 4e9:  # 16 GB as float32: more than any run this machine could hold (the header is likely broken)
+        raise DataError(f"{path}: the header claims {header_img.shape} values ({n_values:.3g}); the header is "
+                        "broken or the image is far too large; re-export it")
     try:
         img = nib.load(path)
-        img.get_fdata(dtype=np.float32)  # force a full read so truncation shows here
+        if read_data:
+            img.get_fdata(dtype=np.float32)  # force a full read so truncation shows here
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"{path}: not a readable NIfTI image ({type(exc).__name__}); re-download or re-export it") from None
     affine = np.asarray(img.affine, dtype=float)
@@ -500,35 +514,210 @@ def analysis_mask(run: Run) -> MaskReport:
     """The brain mask for the GLM, without voxels that would break it (non-finite or constant).
 
     Uses the mask supplied with the data, or nilearn's EPI mask of the run. A supplied
-    mask on another grid than the run is refused.
+    mask on another grid than the run is refused. (The mask of :func:`read_bold`, which also reads the data.)
+    """
+    return read_bold(run).mask_report
+
+
+@dataclass(frozen=True, eq=False)
+class BoldMatrix:
+    """A 4D run read once: its analysis mask and one voxel-by-time float32 matrix of the voxels in it.
+
+    Attributes
+    ----------
+    data : array of shape (n_voxels, n_scans), float32, read-only
+        The in-mask voxels (C order of the mask, as nilearn's maskers), as read (unscaled).
+    mask_report : MaskReport
+        The mask and the voxels excluded from it.
+    header : Nifti1Header
+        The run's header (data type, zooms, TR).
+    mean_volume : array (3D), float32
+        Mean over time of every voxel of the image (0 where a value is not finite).
+    first_volumes : array (4D), float32
+        The first four volumes (the data chapter's figure).
+    value_min, value_max : float
+        Smallest and largest finite value of the whole image.
+    """
+
+    data: np.ndarray
+    mask_report: MaskReport
+    header: object
+    mean_volume: np.ndarray
+    first_volumes: np.ndarray
+    value_min: float
+    value_max: float
+
+    @property
+    def mask_img(self) -> nib.Nifti1Image:
+        return self.mask_report.mask_img
+
+    @property
+    def affine(self) -> np.ndarray:
+        return self.mask_report.mask_img.affine
+
+    @property
+    def mask(self) -> np.ndarray:
+        return np.asarray(self.mask_report.mask_img.dataobj) > 0
+
+    @property
+    def n_scans(self) -> int:
+        return int(self.data.shape[1])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (*self.mask_report.mask_img.shape[:3], self.n_scans)
+
+    @property
+    def nbytes_float32(self) -> int:
+        """Size of the whole 4D run as float32 (the memory yardstick of the benchmark)."""
+        return int(np.prod(self.shape)) * 4
+
+    def mean_img(self) -> nib.Nifti1Image:
+        import nibabel as nib
+
+        return nib.Nifti1Image(self.mean_volume, self.affine)
+
+    def first_volumes_img(self) -> nib.Nifti1Image:
+        import nibabel as nib
+
+        return nib.Nifti1Image(self.first_volumes, self.affine)
+
+    def scaled(self) -> np.ndarray:
+        """nilearn's ``signal_scaling=0`` of the matrix, voxel-major float32: ``100 * (y / mean(y) - 1)``, with the
+        mean at least 1 (``mean_scaling``), computed in float64 block by block."""
+        out = np.empty(self.data.shape, dtype=np.float32)
+        step = 16384
+        for start in range(0, self.data.shape[0], step):
+            y = np.asarray(self.data[start:start + step], dtype=np.float64)
+            mean = np.maximum(y.mean(axis=1, keepdims=True), 1.0)
+            out[start:start + step] = 100.0 * (y / mean - 1.0)
+        out.flags.writeable = False
+        return out
+
+    def unmask(self, values: np.ndarray) -> nib.Nifti1Image:
+        """A 3D (values of shape (n_voxels,)) or 4D (shape (n_voxels, k)) image, 0 outside the mask."""
+        import nibabel as nib
+
+        values = np.asarray(values)
+        out = np.zeros(self.mask_report.mask_img.shape[:3] + values.shape[1:], dtype=values.dtype)
+        out[self.mask] = values
+        return nib.Nifti1Image(out, self.affine)
+
+
+_READ_BYTES = 64 * 2 ** 20  # volumes read per block from the file: about 64 MB
+
+
+def read_bold(run: Run, mask_img=None) -> BoldMatrix:
+    """Read the run's 4D image once: analysis mask, voxel-by-time matrix and the data chapter's summaries.
+
+    With a brain mask (supplied with the data, or ``mask_img``), a file-backed image is read block by block of
+    volumes, in one pass, and only the in-mask voxels are kept: the 4D image is never held in memory. Without
+    one, the image is read whole, nilearn's EPI mask computed from it (as before) and the matrix taken from it.
+    Non-finite and constant voxels are left out of the mask and counted.
+
+    Raises
+    ------
+    DataError
+        A mask on another grid than the run, a truncated or corrupt image, or no usable voxel.
     """
     import nibabel as nib
-    from nilearn.masking import compute_epi_mask
 
     bold = run.bold_img
-    data = np.asarray(bold.dataobj, dtype=np.float32)
-    finite = np.isfinite(data).all(axis=3)
-    if run.mask_img is not None:
-        mask_img = run.mask_img
-        if mask_img.shape[:3] != bold.shape[:3] or not np.allclose(mask_img.affine, bold.affine, atol=1e-3):
-            raise DataError(f"{run.files.get('mask', 'brain mask')}: its grid (shape {mask_img.shape[:3]}, affine "
+    path = next(iter(run.files.values()), "BOLD image")
+    given = mask_img if mask_img is not None else run.mask_img
+    shape3, n = bold.shape[:3], bold.shape[3]
+    if given is not None:
+        if given.shape[:3] != shape3 or not np.allclose(given.affine, bold.affine, atol=1e-3):
+            raise DataError(f"{run.files.get('mask', 'brain mask')}: its grid (shape {given.shape[:3]}, affine "
                             "differs) does not match the BOLD run; resample the mask to the run "
                             "(nilearn.image.resample_to_img(mask, bold, interpolation='nearest'))")
-        mask = np.asarray(mask_img.dataobj) > 0
+        mask = np.asarray(given.dataobj).reshape(shape3) > 0
         source = "the brain mask supplied with the data"
-    else:
-        clean = np.where(finite[..., None], data, 0.0)
+    total = np.zeros(shape3)
+    vmin, vmax = np.inf, -np.inf
+    first = None
+    try:
+        if given is None:
+            blocks = [np.asarray(bold.dataobj)]
+        else:
+            blocks = _volume_blocks(bold)
+        if given is not None:
+            Y = np.empty((int(mask.sum()), n), dtype=np.float32)
+        t0 = 0
+        for block in blocks:
+            t1 = t0 + block.shape[3]
+            lo, hi = _finite_range(block)
+            vmin, vmax = min(vmin, lo), max(vmax, hi)
+            block = np.asarray(block, dtype=np.float32)
+            if first is None:
+                first = np.array(block[..., :4])
+            with np.errstate(invalid="ignore", over="ignore"):
+                total += block.sum(axis=3, dtype=np.float64)
+            if given is None:
+                whole = block
+            else:
+                Y[:, t0:t1] = block[mask]
+            t0 = t1
+            del block
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a truncated or corrupt file
+        raise DataError(f"{path}: not a readable NIfTI image ({type(exc).__name__}); re-download or re-export it") \
+            from None
+    mean = np.where(np.isfinite(total), total / n, 0.0).astype(np.float32)
+    if given is None:
+        from nilearn.masking import compute_epi_mask
+
+        finite = np.isfinite(whole).all(axis=3)
+        clean = whole if finite.all() else np.where(finite[..., None], whole, 0.0)
         mask = np.asarray(compute_epi_mask(nib.Nifti1Image(clean, bold.affine)).dataobj) > 0
+        del clean
         source = "an EPI mask computed by nilearn"
+        Y = whole[mask]
+        del whole
     with np.errstate(invalid="ignore"):
-        constant = finite & (np.ptp(np.where(finite[..., None], data, 0.0), axis=3) == 0)
-    n_nonfinite = int((mask & ~finite).sum())
-    n_constant = int((mask & constant).sum())
-    mask &= finite & ~constant
-    if not mask.any():
-        raise DataError(f"{next(iter(run.files.values()), 'BOLD image')}: no voxel with a usable time series "
-                        "(all are constant or non-finite); check the image")
+        finite_v = np.isfinite(Y).all(axis=1)
+        constant_v = finite_v & (Y.max(axis=1) == Y.min(axis=1))
+    n_nonfinite, n_constant = int((~finite_v).sum()), int(constant_v.sum())
+    keep = finite_v & ~constant_v
+    if not keep.any():
+        raise DataError(f"{path}: no voxel with a usable time series (all are constant or non-finite); check the "
+                        "image")
     if n_nonfinite or n_constant:
         log.warning("excluded %d voxels with non-finite values and %d constant voxels from the mask",
                     n_nonfinite, n_constant)
-    return MaskReport(nib.Nifti1Image(mask.astype(np.uint8), bold.affine), source, n_nonfinite, n_constant)
+        idx = np.flatnonzero(mask)
+        mask = np.zeros(shape3, bool)
+        mask.flat[idx[keep]] = True
+        Y = Y[keep]
+    Y = np.ascontiguousarray(Y, dtype=np.float32)
+    Y.flags.writeable = False
+    report = MaskReport(nib.Nifti1Image(mask.astype(np.uint8), bold.affine), source, n_nonfinite, n_constant)
+    return BoldMatrix(data=Y, mask_report=report, header=bold.header, mean_volume=mean, first_volumes=first,
+                      value_min=float(vmin) if np.isfinite(vmin) else 0.0,
+                      value_max=float(vmax) if np.isfinite(vmax) else 0.0)
+
+
+def _finite_range(block: np.ndarray) -> tuple[float, float]:
+    lo, hi = block.min(), block.max()
+    if np.isfinite(lo) and np.isfinite(hi):
+        return float(lo), float(hi)
+    finite = block[np.isfinite(block)]
+    return (float(finite.min()), float(finite.max())) if finite.size else (np.inf, -np.inf)
+
+
+def _volume_blocks(img):
+    """The volumes of a 4D image, a block of volumes at a time, reading its file once from start to end."""
+    import nibabel as nib
+
+    n = img.shape[3]
+    step = max(1, _READ_BYTES // max(1, int(np.prod(img.shape[:3])) * 4))
+    fname = img.get_filename()
+    if fname is None or not nib.is_proxy(img.dataobj):
+        arr = np.asarray(img.dataobj)
+        for t0 in range(0, n, step):
+            yield arr[..., t0:t0 + step]
+        return
+    src = nib.load(fname, keep_file_open=True, mmap=False)  # one open file: each block continues where the last ended
+    for t0 in range(0, n, step):
+        yield np.asarray(src.dataobj[..., t0:t0 + step])

@@ -737,3 +737,21 @@ def test_a_code_edit_invalidates_the_cached_results(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "code_fingerprint", lambda package_dir=None: "edited computing code")
     second = run(cfg)
     assert second.cache_key != first.cache_key  # recomputed, not served
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "huge_header"])
+def test_hostile_image_paths_are_named_without_hanging(tmp_path, kind):
+    from analysis.data import DataError, _load_nifti
+
+    path = tmp_path / "map.nii"
+    if kind == "fifo":
+        os.mkfifo(path)  # reading it would block forever
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        hdr = nib.Nifti1Header()
+        hdr.set_data_shape((3000, 3000, 3000, 1000))
+        hdr.set_data_dtype(np.float32)
+        path.write_bytes(hdr.binaryblock + b"\0" * 4)  # header only: no data behind it
+    with pytest.raises(DataError, match="not a regular file|the header claims"):
+        _load_nifti(str(path))
