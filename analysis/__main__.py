@@ -76,8 +76,11 @@ def _library_warnings(verbose: bool) -> None:
     """Library warnings go to the log: shown with ``--verbose``, otherwise kept out of the progress lines.
 
     What matters to the reader (excluded voxels, a skipped step, simulated data) the package logs in its own
-    words; nilearn's and numpy's warnings are details of how it got there.
+    words; nilearn's and numpy's warnings are details of how it got there. The figure workers follow the same
+    rule: forked ones inherit this set-up, and ``PYTHONWARNINGS=ignore`` keeps a spawned one (a clean
+    interpreter) quiet too.
     """
+    import os
     import warnings
 
     logging.captureWarnings(True)
@@ -91,6 +94,7 @@ def _library_warnings(verbose: bool) -> None:
         warnings.simplefilter("default")
     else:
         wlog.addHandler(logging.NullHandler())
+        os.environ["PYTHONWARNINGS"] = "ignore"  # read by every Python process started from here
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from .results import ContrastResult, Results
 
 __all__ = ["methods", "results_text", "calibration", "calibration_text", "dmn", "dmn_text", "dmn_callout",
            "fallback_callout", "label_caption", "subtitle", "dataset_line", "figure", "statmap_text",
-           "dmn_overlap_text", "preprocessing_text", "preprocessing_section", "HRF_TEXT", "rft"]
+           "dmn_overlap_text", "preprocessing_text", "preprocessing_section", "HRF_TEXT", "rft", "keywords_line"]
 
 HRF_TEXT = {
     "spm": "canonical SPM haemodynamic response function",
@@ -192,6 +192,21 @@ def dataset_line(res: Results) -> str:
         return f"{sm.get('source', ds.description)} ({stat}, {ds.space})"  # inline: Quarto shows it as text
     sim = " (simulated)" if ds.is_simulated and ds.dataset != "simulated" else ""
     return f"{ds.dataset}{sim}, {ds.n_scans} volumes, TR {text.fmt_num(ds.t_r, 2).rstrip('0').rstrip('.')} s, {ds.space}"
+
+
+def keywords_line(meta=None) -> str:
+    """The preface's keywords line as Markdown (each keyword escaped), or "" when the report has none.
+
+    ``meta`` is a :class:`analysis.metadata.ReportMetadata` (default: the ``[report]`` table of the config).
+    Printed by an ``output: asis`` cell, so a report without keywords shows no empty "Keywords:" line.
+    """
+    if meta is None:
+        from . import metadata
+
+        meta = metadata.from_toml()
+    if not meta.keywords:
+        return ""
+    return "**Keywords:** " + ", ".join(text.md_escape(k) for k in meta.keywords) + ".\n"
 
 
 def figure(res: Results, role: str, missing: str = "Not available in this run."):

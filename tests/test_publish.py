@@ -184,6 +184,14 @@ name = "Charles Babbage"
     assert yaml.safe_load(out.read_text(encoding="utf-8")) == q
 
 
+def test_keywords_line_is_escaped_and_absent_without_keywords(tmp_path):
+    from analysis import report
+
+    assert report.keywords_line(metadata.from_toml(_toml(tmp_path, '[report]\ntitle = "A title"'))) == ""
+    line = report.keywords_line(metadata.from_toml(_toml(tmp_path, '[report]\nkeywords = ["fMRI", "<b>*x*</b>"]')))
+    assert line == "**Keywords:** fMRI, \\<b>\\*x\\*\\</b>.\n"
+
+
 @pytest.mark.parametrize("body, message", [
     ('[report]\ntitel = "x"', "did you mean 'report.title'"),
     ('[report]\ntitle = ""', "non-empty"),
@@ -361,9 +369,13 @@ def _cells_with_conditions(source: str) -> list[tuple[str, list[str]]]:
 
 def test_interactive_viewer_is_html_only_and_static_figure_is_not():
     cells = _cells_with_conditions((PROJECT / "chapters" / "91-downloads.qmd").read_text(encoding="utf-8"))
-    viewer = [divs for code, divs in cells if ".viewer\"" in code]
-    static = [divs for code, divs in cells if "Image(" in code]
+    viewer = [(code, divs) for code, divs in cells if ".viewer\"" in code]
+    static = [(code, divs) for code, divs in cells if "report.figure(" in code and '.z")' in code]
     assert len(viewer) == 1 and len(static) == 1
+    # the viewer is a raw HTML block in the cell's Markdown (PDF and Word drop it; Quarto adds no CDN script),
+    # the static figure a Markdown image link: one executed result serves every format (analysis/freeze.py)
+    assert "{=html}" in viewer[0][0] and "Markdown(" in viewer[0][0] and "HTML(" not in viewer[0][0]
+    viewer, static = [viewer[0][1]], [static[0][1]]
     html_only = '.content-visible when-format="html"'
     not_html = '.content-visible unless-format="html"'
     assert any(html_only in d for d in viewer[0]) and not any(not_html in d for d in viewer[0])

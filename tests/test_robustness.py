@@ -212,3 +212,24 @@ def test_the_analysis_process_never_imports_matplotlib(tmp_path, shared_cache):
     out = subprocess.run([sys.executable, "-c", code, str(cfg)], cwd=PROJECT, env={**ENV, "ANALYSIS_FIGURE_JOBS": "2"},
                          capture_output=True, text=True, timeout=600, check=True).stdout.split()
     assert int(out[0]) >= 15 and out[1:] == ["False", "False"]
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_figure_workers_library_warnings_only_with_verbose(verbose):
+    """A library warning raised while a figure worker draws (forked or spawned) reaches the console only with
+    ``--verbose``, as in the analysis process (``analysis.__main__._library_warnings``)."""
+    code = (
+        "import sys, warnings\n"
+        "from analysis.__main__ import _library_warnings\n"
+        "from analysis.figures.parallel import FigurePool\n"
+        "_library_warnings(verbose=sys.argv[1] == 'v')\n"
+        "for method in ('fork', 'spawn'):\n"
+        "    with FigurePool(1, start_method=method) as pool:\n"
+        "        pool.submit(warnings.warn, f'{method} worker: a library warning')\n"
+        "        pool.results()\n")
+    env = {k: v for k, v in ENV.items() if k != "PYTHONWARNINGS"}
+    proc = subprocess.run([sys.executable, "-c", code, "v" if verbose else "q"], cwd=PROJECT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for method in ("fork", "spawn"):
+        assert (f"{method} worker: a library warning" in proc.stderr) == verbose, proc.stderr[-2000:]

@@ -35,23 +35,29 @@ def save_figure(fig, out_file: str | Path) -> Path:
 def glass_brain_outlines():
     """Draw nilearn glass brains without matplotlib's per-patch data-limit updates.
 
-    nilearn draws each glass-brain view as a few hundred outline patches; ``Axes.add_patch`` walks the
-    Bezier curves of every one of them to grow the axes' data limits, which is most of the time a glass
-    brain takes. A glass-brain axes then sets its limits from the outline's own bounds (nilearn's
-    ``add_object_bounds``), so the data limits are never used: skipping the update leaves the image
-    unchanged, byte for byte (``tests/test_figures_parallel.py`` checks it), and the figure draws faster.
+    nilearn draws each glass-brain view as a few hundred outline patches (``PathPatch``); ``Axes.add_patch``
+    walks the Bezier curves of every one of them to grow the axes' data limits, which is a large part of the
+    time a glass brain takes. A glass-brain axes sets its limits from the outline's own bounds (nilearn's
+    ``add_object_bounds``), so the data limits are never used. Inside this block a ``PathPatch`` is added with
+    ``Axes.add_artist``, matplotlib's documented way to add an artist that takes no part in autoscaling (the
+    same clip path, z-order and draw order as ``add_patch``): the image is unchanged, byte for byte
+    (``tests/test_figures_parallel.py`` checks it), and the figure draws faster. Public API only.
     """
     import matplotlib.axes
+    import matplotlib.patches
 
-    original = getattr(matplotlib.axes.Axes, "_update_patch_limits", None)
-    if original is None:  # another matplotlib: draw as usual
-        yield
-        return
-    matplotlib.axes.Axes._update_patch_limits = lambda self, patch: None
+    original = matplotlib.axes.Axes.add_patch
+
+    def add_patch(self, patch):
+        if isinstance(patch, matplotlib.patches.PathPatch):
+            return self.add_artist(patch)
+        return original(self, patch)
+
+    matplotlib.axes.Axes.add_patch = add_patch
     try:
         yield
     finally:
-        matplotlib.axes.Axes._update_patch_limits = original
+        matplotlib.axes.Axes.add_patch = original
 
 
 @functools.lru_cache(maxsize=1)

@@ -52,8 +52,12 @@ def plot_map(img, out_file, *, bg_img=None, title: str = "", threshold: float | 
                                      threshold=threshold, cmap=cmap, title=title or None, figure=fig,
                                      colorbar=True, black_bg=False,
                                      draw_cross=False, **kwargs)
-    if colorbar_label and getattr(display, "_cbar", None) is not None:
-        display._cbar.set_label(colorbar_label)
+    if colorbar_label:
+        # the colour bar is the one axes of the figure that is neither the display's frame nor a cut (both are
+        # documented attributes of nilearn's displays); a vertical colour bar's label is its y label
+        own = {a.ax for a in display.axes.values()} | {display.frame_axes}
+        for cbar_ax in [a for a in fig.axes if a not in own]:
+            cbar_ax.set_ylabel(colorbar_label)
     return save_figure(fig, out_file)
 
 
