@@ -25,7 +25,7 @@ DATASETS = ("spm_auditory", "simulated", "bids", "statmap")
 HRF_MODELS = ("spm", "spm + derivative", "spm + derivative + dispersion", "glover",
               "glover + derivative", "glover + derivative + dispersion")
 DRIFT_MODELS = ("cosine", "polynomial", "none")
-PRIMARY_THRESHOLDS = ("z3", "fpr", "fdr", "fdr_cluster", "bonferroni")
+PRIMARY_THRESHOLDS = ("z3", "fpr", "fdr", "fdr_cluster", "bonferroni", "cluster_fwe")
 #: The 13 named networks of Seitzman et al. (2020), as nilearn's ``fetch_coords_seitzman_2018`` labels them.
 SEITZMAN_NETWORKS = ("Auditory", "CinguloOpercular", "DefaultMode", "DorsalAttention", "FrontoParietal",
                      "MedialTemporalLobe", "ParietoMedial", "Reward", "Salience", "SomatomotorDorsal",
@@ -88,10 +88,18 @@ class StatMapConfig:
     direction: str = ""  # what positive values mean, e.g. "listening > rest" ("" = "<contrast> > baseline")
     source: str = ""  # where the map came from, for the report (e.g. "FSL FEAT 6.0, first level, sub-01")
     space: str = "MNI152NLin2009cAsym"  # must be an MNI space: atlas labels and DMN masks are in MNI
+    # smoothness for random-field inference (a map has no residuals); at most one; none = RFT not available
+    fwhm: float = 0.0  # mm FWHM of the map's smoothness (0 = not given)
+    rpv: str = ""  # SPM's resels-per-voxel image (RPV.nii), on the map's grid
+    smoothness_file: str = ""  # FSL's smoothness file (stats/smoothness of a FEAT directory)
 
     def __post_init__(self):
         _choice("statmap.stat", self.stat, ("z", "t"))
         _range("statmap.dof", self.dof, 0, 1e6)
+        _range("statmap.fwhm", self.fwhm, 0, 100)
+        if sum(bool(v) for v in (self.fwhm, self.rpv, self.smoothness_file)) > 1:
+            raise ConfigError("statmap: give the smoothness once: statmap.fwhm, statmap.rpv or "
+                              "statmap.smoothness_file")
 
 
 @dataclass(frozen=True)
@@ -151,8 +159,14 @@ class InferenceConfig:
     two_sided: bool = True
     primary: str = "fdr_cluster"  # drives the cluster tables, glass brain and prose
     min_distance: float = 8.0  # mm between sub-peaks in cluster tables
+    cdt_alpha: float = 0.001  # cluster-forming threshold (p, uncorrected) of the cluster-level FWE map
+    smoothness_method: str = "spm"  # random-field smoothness estimator: "spm" (spm_est_smoothness) or "gaussian" (FSL)
 
     def __post_init__(self):
+        from .rft import SMOOTHNESS_METHODS
+
+        _range("inference.cdt_alpha", self.cdt_alpha, 1e-12, 0.05, open_low=True)
+        _choice("inference.smoothness_method", self.smoothness_method, SMOOTHNESS_METHODS)
         _range("inference.alpha", self.alpha, 1e-12, 0.5, open_low=True)
         _range("inference.fpr_alpha", self.fpr_alpha, 1e-12, 0.5, open_low=True)
         _range("inference.z_threshold", self.z_threshold, 0.5, 20)

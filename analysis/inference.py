@@ -39,17 +39,20 @@ def _faces():
 class ThresholdSpec:
     """One way of thresholding a z map, in nilearn's terms."""
 
-    key: str  # z3 | fpr | fdr | fdr_cluster | bonferroni
+    key: str  # z3 | fpr | fdr | fdr_cluster | bonferroni | cluster_fwe
     height_control: str | None  # None | "fpr" | "fdr" | "bonferroni"
     alpha: float
     threshold: float | None  # z cut-off when height_control is None
     cluster_threshold: int
     two_sided: bool
+    fwe_alpha: float | None = None  # cluster_fwe: the cluster-level FWE level (alpha is the CDT's p)
 
     @property
     def label(self) -> str:
         """Human label, e.g. ``FDR q < 0.05`` or ``z > 3, k >= 10``."""
         tail = "" if self.two_sided else ", one-sided"
+        if self.key == "cluster_fwe":  # random-field theory: the extent is the critical cluster size
+            return f"cluster-level FWE p < {self.fwe_alpha:g} (CDT p < {self.alpha:g})" + tail
         if self.height_control is None:
             base = f"|z| > {self.threshold:g}" if self.two_sided else f"z > {self.threshold:g}"
         else:
@@ -103,26 +106,36 @@ class ThresholdResult:
                 "cluster_threshold": self.spec.cluster_threshold, "two_sided": self.spec.two_sided,
                 "z_threshold": None if not math.isfinite(self.z_threshold) else float(self.z_threshold),
                 "n_pos": self.n_pos, "n_neg": self.n_neg, "n_pos_clusters": self.n_pos_clusters,
-                "n_neg_clusters": self.n_neg_clusters, "n_mask": self.n_mask}
+                "n_neg_clusters": self.n_neg_clusters, "n_mask": self.n_mask, "fwe_alpha": self.spec.fwe_alpha}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ThresholdResult":
         spec = ThresholdSpec(d["key"], d["height_control"], d["alpha"], d["threshold"], d["cluster_threshold"],
-                             d["two_sided"])
+                             d["two_sided"], d.get("fwe_alpha"))
         z = math.inf if d["z_threshold"] is None else d["z_threshold"]
         return cls(spec, z, d["n_pos"], d["n_neg"], d["n_pos_clusters"], d["n_neg_clusters"], d["n_mask"])
 
 
-def threshold_specs(cfg: InferenceConfig) -> list[ThresholdSpec]:
-    """The seed notebook's thresholds side by side, plus Bonferroni FWE."""
+def threshold_specs(cfg: InferenceConfig, cluster_fwe_extent: int | None = None) -> list[ThresholdSpec]:
+    """The seed notebook's thresholds side by side, plus Bonferroni FWE.
+
+    With ``cluster_fwe_extent`` (the random-field critical cluster size in voxels at the cluster-forming
+    threshold ``cfg.cdt_alpha``, :meth:`analysis.rft.ClusterTheory.extent_threshold`), a sixth threshold,
+    ``cluster_fwe``: clusters at p < ``cdt_alpha`` uncorrected that are significant at cluster-level FWE
+    ``cfg.alpha``, i.e. at least that large.
+    """
     two = cfg.two_sided
-    return [
+    specs = [
         ThresholdSpec("z3", None, cfg.fpr_alpha, cfg.z_threshold, 0, two),
         ThresholdSpec("fpr", "fpr", cfg.fpr_alpha, None, 0, two),
         ThresholdSpec("fdr", "fdr", cfg.alpha, None, 0, two),
         ThresholdSpec("fdr_cluster", "fdr", cfg.alpha, None, cfg.cluster_threshold, two),
         ThresholdSpec("bonferroni", "bonferroni", cfg.alpha, None, 0, two),
     ]
+    if cluster_fwe_extent is not None:
+        specs.append(ThresholdSpec("cluster_fwe", "fpr", cfg.cdt_alpha, None, int(cluster_fwe_extent), two,
+                                   cfg.alpha))
+    return specs
 
 
 def apply_threshold(z_img: nib.Nifti1Image, mask_img: nib.Nifti1Image,
@@ -157,14 +170,15 @@ def apply_threshold(z_img: nib.Nifti1Image, mask_img: nib.Nifti1Image,
     return thr_img, result
 
 
-def threshold_all(z_img, mask_img, cfg: InferenceConfig):
-    """Apply every threshold of :func:`threshold_specs`.
+def threshold_all(z_img, mask_img, cfg: InferenceConfig, cluster_fwe_extent: int | None = None):
+    """Apply every threshold of :func:`threshold_specs` (the sixth, ``cluster_fwe``, when its extent is given).
 
     Returns
     -------
     dict[str, tuple[Nifti1Image, ThresholdResult]]
     """
-    return {spec.key: apply_threshold(z_img, mask_img, spec) for spec in threshold_specs(cfg)}
+    return {spec.key: apply_threshold(z_img, mask_img, spec)
+            for spec in threshold_specs(cfg, cluster_fwe_extent)}
 
 
 def mask_map(z_img: nib.Nifti1Image, mask_img: nib.Nifti1Image | None) -> nib.Nifti1Image:

@@ -53,8 +53,8 @@ import pandas as pd
 
 __all__ = ["NoiseModel", "NOISE_MODELS", "DEFAULT_NOISE_MODEL", "DEFAULT_RHO_FWHM",
            "CalibratedFirstLevelModel", "fit_first_level", "fit_noise_model", "check_noise_model",
-           "bias_corrected_ar1", "model_data", "run_glm_ar1", "estimate_rho", "t_contrast_z", "BLAS_THREADS",
-           "blas_threads"]
+           "bias_corrected_ar1", "model_data", "model_residuals", "run_glm_ar1", "estimate_rho", "t_contrast_z",
+           "BLAS_THREADS", "blas_threads"]
 
 
 @dataclass(frozen=True)
@@ -590,6 +590,24 @@ def model_data(model: FirstLevelModel, run: int = 0) -> np.ndarray:
         cache[key] = _model_data(model, run)
         cache[key].flags.writeable = False
     return cache[key]
+
+
+def model_residuals(model: FirstLevelModel, run: int = 0) -> np.ndarray:
+    """The whitened residuals (n_scans, n_voxels) of a fitted model, in the masker's voxel order.
+
+    ``whitened_residuals`` of each AR bin's nilearn ``RegressionResults`` (the residuals of the whitened model,
+    as SPM estimates smoothness from): needs a model fitted with ``minimize_memory=False``.
+    """
+    labels, results = np.asarray(model.labels_[run]), model.results_[run]
+    first = next(iter(results.values()))
+    if not hasattr(first, "whitened_residuals"):
+        raise ValueError("model_residuals needs a model fitted with minimize_memory=False")
+    out = np.empty((first.whitened_residuals.shape[0], len(labels)), dtype=np.float64)
+    unique, codes = np.unique(labels, return_inverse=True)
+    groups = dict(zip(unique.tolist(), _groups(codes.ravel(), len(unique)), strict=True))
+    for label, res in results.items():
+        out[:, groups[label if labels.dtype.kind != "U" else str(label)]] = res.whitened_residuals
+    return out
 
 
 def _model_data(model: FirstLevelModel, run: int) -> np.ndarray:

@@ -90,8 +90,13 @@ def clusters(c: ContrastResult, sign: str | None = None, max_rows: int | None = 
         "Peak (x, y, z) mm": [text.fmt_mni(xyz).replace(" mm", "") for xyz in t[["X", "Y", "Z"]].to_numpy()],
         "z": t["Peak Stat"].map(text.fmt_z),
         "p (voxel, uncorrected)": t["Peak p"].map(text.fmt_p_cell),
+        # SPM's random-field and FDR columns ("n/a" when random-field inference was not available)
+        "Peak p(FWE)": _p_column(t, "Peak p(FWE)"),
+        "Peak q(FDR)": _p_column(t, "Peak q(FDR)"),
         "Size (voxels)": t["Cluster Size (voxels)"].map(_int_or_blank),
         "Size (mm\u00b3)": t["Cluster Size (mm3)"].map(_int_or_blank),
+        "Cluster p(FWE)": _p_column(t, "Cluster p(FWE)"),
+        "Cluster p(unc)": _p_column(t, "Cluster p(unc)"),
     })
     if "Label" in t.columns:
         dist = t["Label distance (mm)"] if "Label distance (mm)" in t.columns else [None] * len(t)
@@ -104,6 +109,13 @@ def clusters(c: ContrastResult, sign: str | None = None, max_rows: int | None = 
     if max_rows is not None:
         out = out.head(max_rows)
     return out.reset_index(drop=True)
+
+
+def _p_column(t: pd.DataFrame, column: str) -> list[str]:
+    """A p/q column for display: blank where undefined (sub-peaks' cluster values), n/a when absent."""
+    if column not in t.columns:
+        return ["n/a"] * len(t)
+    return ["" if v != v else text.fmt_p_cell(v) for v in pd.to_numeric(t[column], errors="coerce")]
 
 
 def _int_or_blank(v) -> str:
