@@ -149,6 +149,7 @@ def check(config: Config | str | Path | None = None) -> str:
         return f"{sm.path}: {sm.stat} map, {int(np.count_nonzero(np.asarray(sm.mask_img.dataobj)))} voxels in the mask"
     cache = cache_dir(config)
     run = data.load_run(config, cache_dir=cache)
+    data.read_bold(run)  # a truncated or corrupt run, or a mask on another grid, is named here
     _check_t_r(run, config)
     design = check_design(run, config.replace(glm={"t_r": run.t_r}))
     return (f"{run.dataset}: {run.n_scans} volumes, TR {run.t_r:g} s, {design.shape[1]} design columns, "
@@ -237,11 +238,11 @@ _STAMPS_FILE = "input-checksums.json"
 _RACY_S = 2.0  # a file changed this recently is hashed again next time (an edit within the same tick)
 
 
-def _checksums(paths: dict[str, str], cache: Path) -> dict[str, str]:
+def _checksums(paths: dict[str, str], cache: Path, known: dict[str, str] | None = None) -> dict[str, str]:
     """SHA-256 per input file, re-hashed only when its (dev, inode, size, mtime, ctime) stamp changed.
 
     Any write changes ctime, which no tool can set back, so an unchanged stamp means unchanged content
-    (the scheme git's index uses).
+    (the scheme git's index uses). ``known`` holds hashes already computed in this run (resolved path -> hex).
     """
     store = cache / _STAMPS_FILE
     try:
@@ -257,7 +258,7 @@ def _checksums(paths: dict[str, str], cache: Path) -> dict[str, str]:
         if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
             out[name] = entry["sha256"]
             continue
-        out[name] = data.file_sha256(p)
+        out[name] = (known or {}).get(p) or data.file_sha256(p)
         if now - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 > _RACY_S:
             known[p] = {"stamp": stamp, "sha256": out[name]}
             changed = True
@@ -313,15 +314,22 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
         log.warning("THIS REPORT USES SIMULATED DATA: %s", run.fallback_reason)
     t_r_header = _check_t_r(run, config)
     check_design(run, config.replace(glm={"t_r": run.t_r}))  # events and contrasts, before any computation
-    checksums = _checksums(dict(sorted(run.files.items())), _cache_dir(config))
-    key = compute_cache_key(config, checksums)
+    config_key = config
     config = config.replace(glm={"t_r": run.t_r})  # from here on the TR is the data's (checked above)
     w = _Writer(stage, pool)
     extras: dict = {}
     raw = run  # as acquired: the data chapter describes it; preprocessing may move it to MNI space
-    _data_figures(w, raw)  # drawn while the analysis goes on
     run, extras["preprocessing"] = _preprocess(config, run, w)
-    bold = run.bold_img
+    if run is not raw:
+        _data_figures(w, raw)  # drawn while the analysis goes on
+    _step("reading the run: brain mask and one voxel-by-time matrix")
+    matrix = data.read_bold(run)  # the one read of the run: every stage below works from it or from the model
+    # the input checksums; the run's file was hashed as it was read
+    checksums = _checksums(dict(sorted(run.files.items())), _cache_dir(config), known=matrix.file_sha256)
+    key = compute_cache_key(config_key, checksums)
+    if run is raw:
+        _data_figures(w, raw, matrix)
+    bold = matrix
 
     _step("building the design matrix")
     design = check_design(run, config)
@@ -333,18 +341,15 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     w.draw(fmaps.plot_contrasts, cmat, design, w.fig("contrasts", "desc-contrasts_matrix.png"))
 
     _step(f"fitting the GLM ({config.glm.noise_model} noise model)")
-    mask = data.analysis_mask(run)
-    if mask.n_nonfinite:  # the GLM must not see NaN; those voxels are outside the mask anyway
-        arr = np.asarray(bold.dataobj, dtype=np.float32)
-        bold = nib.Nifti1Image(np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0), bold.affine, bold.header)
-    model = glm.fit(bold, design, config, mask_img=mask.mask_img)
-    mask_img = model.masker_.mask_img_
+    mask = matrix.mask_report
+    model = _fit(run, matrix, design, config)
+    mask_img = mask.mask_img
     maps = glm.compute_contrasts(model, design, config.contrasts, conditions)
     residual_dof = float(run.n_scans - np.linalg.matrix_rank(design.to_numpy()))
     rft_inference = _rft_from_model(config, model, mask_img, residual_dof)  # smoothness from the residuals
     extras["rft"] = rft_inference.to_dict()
 
-    bg_img = _background(run, bold)
+    bg_img = _background(run, matrix)
     atlases = _label_atlases(config, run.space)
     extras["atlas"] = _atlas_info(atlases, run.space)
 
@@ -367,12 +372,17 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
         extras["calibration"] = _calibrate(config, bold, design, mask.mask_img, model, w, run)
 
     raw_bold = raw.bold_img
-    arr = np.asarray(raw_bold.dataobj)
+    if run is raw:
+        value_min, value_max = matrix.value_min, matrix.value_max
+    else:
+        arr = np.asarray(raw_bold.dataobj)
+        value_min, value_max = _finite(arr, np.min), _finite(arr, np.max)
+        del arr
     dataset = DatasetInfo(
         dataset=run.dataset, description=run.description, space=run.space, is_simulated=run.is_simulated,
         fallback_reason=run.fallback_reason, shape=tuple(int(s) for s in raw_bold.shape),
         voxel_size=tuple(float(z) for z in raw_bold.header.get_zooms()[:3]), dtype=str(raw_bold.get_data_dtype()),
-        value_min=_finite(arr, np.min), value_max=_finite(arr, np.max), n_scans=run.n_scans, t_r=run.t_r,
+        value_min=value_min, value_max=value_max, n_scans=run.n_scans, t_r=run.t_r,
         t_r_header=t_r_header, has_anat=raw.anat_img is not None, events=run.events, t_r_source=run.t_r_source,
         acquired_space=raw.space,
         files={n: {"path": str(Path(p).resolve()), "sha256": checksums[n]} for n, p in sorted(run.files.items())})
@@ -394,13 +404,19 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     return results
 
 
-def _data_figures(w: _Writer, raw: data.Run) -> None:
-    """The first volumes and the mean image of the run as acquired (and its anatomical image)."""
-    from nilearn.image import mean_img
+def _data_figures(w: _Writer, raw: data.Run, matrix: data.BoldMatrix | None = None) -> None:
+    """The first volumes and the mean image of the run as acquired (and its anatomical image).
 
+    From the summaries ``matrix`` kept when it read the run, when given (the run is not read again)."""
     fmaps = figure_module("maps")
-    w.draw(fmaps.plot_volumes, raw.bold_img.slicer[..., :4], w.fig("volumes", "desc-firstvolumes_bold.png"))
-    w.draw(fmaps.plot_image, mean_img(raw.bold_img, copy_header=True), w.fig("mean", "desc-mean_bold.png"))
+    if matrix is not None:
+        first, mean = matrix.first_volumes_img(), matrix.mean_img()
+    else:
+        from nilearn.image import mean_img
+
+        first, mean = raw.bold_img.slicer[..., :4], mean_img(raw.bold_img, copy_header=True)
+    w.draw(fmaps.plot_volumes, first, w.fig("volumes", "desc-firstvolumes_bold.png"))
+    w.draw(fmaps.plot_image, mean, w.fig("mean", "desc-mean_bold.png"))
     if raw.anat_img is not None:
         w.draw(fmaps.plot_image, raw.anat_img, w.fig("anat", "desc-anat_T1w.png"))
 
@@ -857,15 +873,35 @@ def _check_t_r(run: data.Run, config: Config) -> float:
     return t_r_header
 
 
-def _background(run: data.Run, bold):
+def _background(run: data.Run, matrix: data.BoldMatrix):
     """What the map figures are drawn on: the MNI152 template (loaded by the drawing process), or the mean image."""
     if run.space.startswith("MNI"):
         from .figures import MNI_BACKGROUND
 
         return MNI_BACKGROUND
-    from nilearn.image import mean_img
+    return matrix.mean_img()
 
-    return mean_img(bold, copy_header=True)
+
+def _fit(run: data.Run, matrix: data.BoldMatrix, design, config: Config):
+    """The main GLM, fitted on the run's one matrix (:func:`analysis.noise.fit_matrix`).
+
+    The matrix holds the masked run; nilearn's ``signal_scaling=0`` is applied to it. Settings that need the 4D
+    image itself (spatial smoothing, other scalings, standardisation) go through nilearn's ``FirstLevelModel`` on
+    the image, as before.
+    """
+    from . import glm
+    from .noise import fit_matrix
+
+    g = config.glm
+    if g.smoothing_fwhm or g.standardize or g.signal_scaling != 0:
+        import nibabel as nib
+
+        bold = run.bold_img
+        if matrix.mask_report.n_nonfinite:  # the GLM must not see NaN; those voxels are outside the mask anyway
+            arr = np.asarray(bold.dataobj, dtype=np.float32)
+            bold = nib.Nifti1Image(np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0), bold.affine, bold.header)
+        return glm.fit(bold, design, config, mask_img=matrix.mask_img)
+    return fit_matrix(matrix.scaled(), design, matrix.mask_img, g.noise_model, rho_fwhm=g.rho_fwhm or None)
 
 
 def _finite(arr: np.ndarray, reduce) -> float:
