@@ -20,8 +20,9 @@ Smoothness (:func:`estimate_smoothness`)
     and +3 % at 2, 3 and 4 voxels, +41 % at 1 voxel; ``bench/bench_rft.py``), and that is what keeps
     cluster-level inference valid on the lattice: with the kernel's own FWHM (``"gaussian"``) below about
     1.5 voxels, random field theory predicts many more, smaller clusters than the lattice has, and the
-    critical cluster size becomes too small (a family-wise error rate of 0.37 instead of 0.05 at a FWHM of
-    1 voxel, against 0 with ``"spm"``).
+    critical cluster size becomes too small (on Gaussian fields of FWHM 1 voxel in the MNI mask, a two-sided
+    cluster-level family-wise error rate of 0.37 instead of 0.05, against 0 with ``"spm"``; ``bench_rft.py
+    --fwhm 1``).
 
 Resel counts (:func:`resel_counts`)
     The intrinsic volumes ``R0..R3`` of the search volume in resels [@worsley1996], computed on the mask
@@ -661,10 +662,9 @@ SMOOTHNESS_SOURCES = {
 }
 
 SMOOTHNESS_METHOD_TEXT = {
-    "gaussian": "from the correlation of neighbouring standardised residuals along each axis, converted to a FWHM "
-                "under a Gaussian autocorrelation as FSL's smoothest does",
-    "spm": "from the covariance of the spatial derivatives of the standardised residuals, as SPM's "
-           "spm_est_smoothness does",
+    "gaussian": "through the correlation of neighbouring residuals along each axis, converted to a FWHM under a "
+                "Gaussian autocorrelation as FSL's smoothest does",
+    "spm": "through the covariance of their spatial derivatives, as SPM's spm_est_smoothness does",
 }
 
 
