@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser.add_argument("--version", action="version", version=f"analysis {__version__}")
     args = parser.parse_args(argv)
+    if args.prerender and not args.force:
+        summary = _unchanged_since_last_prerender(args)
+        if summary is not None:
+            print(summary)
+            return 0
 
     from .pipeline import main_logging
 
@@ -66,10 +71,58 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     c = results.contrast()
     p = c.primary
-    print(f"{results.dataset.dataset}{' (SIMULATED FALLBACK)' if results.dataset.fallback_reason else ''}: "
-          f"contrast {c.name}: {p.label}: {p.n_pos} positive / {p.n_neg} negative voxels, "
-          f"{len(c.peaks())} clusters; results in {results.path('results/results.json')}")
+    summary = (f"{results.dataset.dataset}{' (SIMULATED FALLBACK)' if results.dataset.fallback_reason else ''}: "
+               f"contrast {c.name}: {p.label}: {p.n_pos} positive / {p.n_neg} negative voxels, "
+               f"{len(c.peaks())} clusters; results in {results.path('results/results.json')}")
+    print(summary)
+    if args.prerender:
+        _record_prerender(args, config, results, summary)
     return 0
+
+
+def _prerender_args(args) -> list:
+    return [args.config, args.dataset]
+
+
+def _unchanged_since_last_prerender(args) -> str | None:
+    """The pre-render hook's fast path (``analysis.freeze.prerender_is_current``): imports nothing heavy."""
+    from pathlib import Path
+
+    from .config import config_path
+    from .freeze import prerender_is_current, share_frozen_results
+
+    try:
+        summary = prerender_is_current(_prerender_args(args), config_path(args.config))
+        if summary is not None:
+            share_frozen_results(Path.cwd())  # the links are re-made at every render (a moved project)
+        return summary
+    except Exception:  # noqa: BLE001 - any doubt: take the full path, which reports errors properly
+        return None
+
+
+def _record_prerender(args, config, results, summary: str) -> None:
+    """What this pre-render read and wrote, for the next one's fast path (never fails the render)."""
+    from pathlib import Path
+
+    from . import outputs
+    from .config import config_path
+    from .data import nilearn_data_dir
+    from .freeze import FINGERPRINT_FILE, record_prerender
+    from .metadata import METADATA_FILE
+    from .pipeline import cache_dir
+
+    out = Path(config.output.dir).resolve()
+    # (not the output folder itself: every run probes it for writing, and the title page is written into it)
+    watched = [out / outputs.MANIFEST, *(out / rel for rel in (outputs.read_manifest(out) or {}))]
+    watched += [Path(entry["path"]) for entry in results.dataset.files.values()]
+    if config.data.dataset == "spm_auditory":  # the real data appearing replaces a simulated fallback
+        watched.append(Path(nilearn_data_dir(config) or Path.home() / "nilearn_data") / "spm_auditory" / "MoAEpilot"
+                       / "sub-01")
+    written = [METADATA_FILE.resolve(), cache_dir(config) / FINGERPRINT_FILE]
+    try:
+        record_prerender(_prerender_args(args), config_path(args.config), watched, written, summary)
+    except OSError:
+        pass
 
 
 def _library_warnings(verbose: bool) -> None:
