@@ -102,6 +102,13 @@ def _unchanged_since_last_prerender(args) -> str | None:
 
 def _record_prerender(args, config, results, summary: str) -> None:
     """What this pre-render read and wrote, for the next one's fast path (never fails the render)."""
+    try:
+        _save_prerender_stamp(args, config, results, summary)
+    except Exception:  # noqa: BLE001 - without a stamp the next pre-render takes the full path
+        pass
+
+
+def _save_prerender_stamp(args, config, results, summary: str) -> None:
     from pathlib import Path
 
     from . import outputs
@@ -119,10 +126,7 @@ def _record_prerender(args, config, results, summary: str) -> None:
         watched.append(Path(nilearn_data_dir(config) or Path.home() / "nilearn_data") / "spm_auditory" / "MoAEpilot"
                        / "sub-01")
     written = [METADATA_FILE.resolve(), cache_dir(config) / FINGERPRINT_FILE]
-    try:
-        record_prerender(_prerender_args(args), config_path(args.config), watched, written, summary)
-    except OSError:
-        pass
+    record_prerender(_prerender_args(args), config_path(args.config), watched, written, summary)
 
 
 def _library_warnings(verbose: bool) -> None:
