@@ -603,6 +603,25 @@ def calibrate(bold_img, design_matrix: pd.DataFrame, mask_img, *, contrast: str,
         rho_fwhm = getattr(model, "rho_fwhm_", rho_fwhm)
     check_noise_model(noise_model)
     Y = None
+    matrix_model = model if model is not None else data_model
+    if hasattr(matrix_model, "z_map"):  # an analysis.noise.MatrixGLM: every fit from its matrix and projections
+        design = matrix_model.design_matrices_[0]
+        c = np.asarray(expression_to_contrast_vector(contrast, list(design.columns)), dtype=float)
+        if model is not None:
+            z = np.asarray(model.compute_contrast(c, output_type="z_score").dataobj)[
+                np.asarray(model.mask_img.dataobj) != 0]
+        else:
+            z = data_model.z_map(design.to_numpy(dtype=float), c, noise_model, rho_fwhm=rho_fwhm)
+        null_z, null = [], None
+        if n_null > 0:
+            null = permuted_block_designs(design, c, n_null, events=events, design_fn=design_fn, t_r=t_r,
+                                          seed=seed, max_corr=max_corr)
+            if null.designs:  # the new columns of all null designs projected in one pass over the data
+                matrix_model.data.projections(np.hstack([X.to_numpy(dtype=float) for X in null.designs]))
+            null_z = [matrix_model.z_map(X_null.to_numpy(dtype=float), c, noise_model, rho_fwhm=rho_fwhm)
+                      for X_null in null.designs]
+        return calibration_from_z(z, null_z, noise_model=noise_model, contrast=contrast, t_r=t_r, null=null,
+                                  tolerance=tolerance, thresholds=thresholds, null_window=null_window)
     if model is None and data_model is not None:
         design = data_model.design_matrices_[0]
         c = np.asarray(expression_to_contrast_vector(contrast, list(design.columns)), dtype=float)

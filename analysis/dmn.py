@@ -171,22 +171,50 @@ def dmn_definitions(data_dir=None, *, node_radius: float = DEFAULT_NODE_RADIUS, 
 # --------------------------------------------------------------------------------------------
 
 class _Bold:
-    """The 4D data once in memory (float32), with world coordinates of the in-mask voxels."""
+    """The in-mask data (float32), with world coordinates of the in-mask voxels.
+
+    From the run's one voxel-by-time matrix (:class:`analysis.data.BoldMatrix`; nothing is read or masked again)
+    or, for a 4D image, read once here.
+    """
 
     def __init__(self, bold_img, mask_img=None):
-        self.img = bold_img
-        self.affine = bold_img.affine
-        self.shape = bold_img.shape[:3]
-        data = np.asarray(bold_img.dataobj, dtype=np.float32)
-        if mask_img is not None:
-            mask = _resample_mask(mask_img, bold_img)
+        self.source = bold_img
+        if hasattr(bold_img, "mask_report"):  # the run's BoldMatrix: its mask is the analysis mask
+            self.img = bold_img.mask_img
+            mask = bold_img.mask
+            if mask_img is not None and not np.array_equal(_resample_mask(mask_img, self.img), mask):
+                raise ValueError("mask_img differs from the mask of the data matrix")
+            self.Yv = bold_img.data  # (n_voxels, n_scans), read-only
         else:
-            mask = np.all(np.isfinite(data), axis=3) & (data.std(axis=3) > 0)
+            self.img = bold_img
+            data = np.asarray(bold_img.dataobj, dtype=np.float32)
+            if mask_img is not None:
+                mask = _resample_mask(mask_img, bold_img)
+            else:
+                mask = np.all(np.isfinite(data), axis=3) & (data.std(axis=3) > 0)
+            self.Yv = data[mask]
+            del data
+        self.affine = self.img.affine
+        self.shape = self.img.shape[:3]
         self.mask = mask
         self.ijk = np.argwhere(mask)
         self.xyz = nib.affines.apply_affine(self.affine, self.ijk)
-        self.Y = data[mask].T  # (n_scans, n_voxels)
         self._tree = None
+
+    @property
+    def Y(self) -> np.ndarray:
+        """(n_scans, n_voxels) view of the data."""
+        return self.Yv.T
+
+    def series(self, idx: np.ndarray) -> np.ndarray:
+        """(n_scans, len(idx)) float64 time series of the in-mask voxels ``idx``."""
+        return np.ascontiguousarray(self.Yv[idx].T, dtype=np.float64)
+
+    def image(self):
+        """The 4D image of the data (built from the matrix only when a caller needs an image)."""
+        if hasattr(self.source, "mask_report"):
+            return self.source.unmask(self.source.data)
+        return self.source
 
     def sphere(self, center, radius: float) -> np.ndarray:
         """Column indices (increasing) of the in-mask voxels within ``radius`` mm of ``center``."""
@@ -234,7 +262,7 @@ def _roi_columns(bold: _Bold, rois, radius: float) -> tuple[list[str], list[np.n
 def _mean_series(bold: _Bold, idx: np.ndarray, scale: bool) -> tuple[np.ndarray, str]:
     if idx.size == 0:
         return np.full(bold.Y.shape[0], np.nan), ""
-    y = bold.Y[:, idx].astype(np.float64).mean(axis=1)
+    y = bold.series(idx).mean(axis=1)
     mean = y.mean()
     if scale and mean > 0:
         return 100.0 * (y / mean - 1.0), "% signal change"
@@ -568,7 +596,7 @@ def _seed_series(bold: _Bold, seed, radius: float) -> tuple[np.ndarray, int]:
     idx = bold.sphere(seed, radius)
     if idx.size == 0:
         raise ValueError(f"the seed sphere ({radius:g} mm around {tuple(seed)}) has no voxel in the mask")
-    y = bold.Y[:, idx].astype(np.float64).mean(axis=1)
+    y = bold.series(idx).mean(axis=1)
     t = np.arange(len(y), dtype=float)
     y = y - np.polyval(np.polyfit(t, y, 1), t)  # detrend, as nilearn's example masker does
     sd = y.std(ddof=1)
@@ -613,6 +641,12 @@ def _seed_map(bold: _Bold, design_matrix, mask_img, seed, t_r, radius, noise_mod
     series, n_vox = _seed_series(bold, seed, radius)
     design = design_matrix.copy()
     design.insert(0, seed_name, series)
+    if model is not None and smoothing_fwhm is None and hasattr(model, "z_map"):
+        # the main model's matrix and projections: one more column, no new pass over the data but for it
+        X = design.to_numpy(dtype=float)
+        con = np.zeros(X.shape[1])
+        con[0] = 1.0
+        return model.unmask(model.z_map(X, con, noise_model)), n_vox
     if model is not None and smoothing_fwhm is None:  # the main model's masked, scaled data: no new fit
         from .noise import DEFAULT_RHO_FWHM, estimate_rho, model_data, t_contrast_z
 
@@ -625,7 +659,7 @@ def _seed_map(bold: _Bold, design_matrix, mask_img, seed, t_r, radius, noise_mod
         return model.masker_.inverse_transform(t_contrast_z(Y, X, rho, con)), n_vox
     if mask_img is None:
         mask_img = nib.Nifti1Image(bold.mask.astype(np.uint8), bold.affine)
-    model = fit_first_level(bold.img, design, mask_img, t_r=_t_r(design_matrix, t_r), noise_model=noise_model,
+    model = fit_first_level(bold.image(), design, mask_img, t_r=_t_r(design_matrix, t_r), noise_model=noise_model,
                             smoothing_fwhm=smoothing_fwhm, minimize_memory=True)
     seed_con = np.zeros(design.shape[1])
     seed_con[0] = 1.0  # the seed regressor is column 0; nilearn gets numbers, never a string to evaluate

@@ -54,7 +54,7 @@ import pandas as pd
 __all__ = ["NoiseModel", "NOISE_MODELS", "DEFAULT_NOISE_MODEL", "DEFAULT_RHO_FWHM",
            "CalibratedFirstLevelModel", "fit_first_level", "fit_noise_model", "check_noise_model",
            "bias_corrected_ar1", "model_data", "model_residuals", "run_glm_ar1", "estimate_rho", "t_contrast_z",
-           "BLAS_THREADS", "blas_threads"]
+           "BLAS_THREADS", "blas_threads", "ProjectedData", "MatrixGLM", "fit_matrix"]
 
 
 @dataclass(frozen=True)
@@ -583,6 +583,8 @@ def model_data(model: FirstLevelModel, run: int = 0) -> np.ndarray:
     Needs a model fitted with ``minimize_memory=False``. The matrix is rebuilt once per fit and kept on the
     model (the calibration asks for it several times); treat it as read-only.
     """
+    if isinstance(model, MatrixGLM):
+        return model.data.Y.T
     cache = model.__dict__.setdefault("_analysis_model_data", {})
     key = (run, id(model.results_[run]))
     if key not in cache:
@@ -598,6 +600,8 @@ def model_residuals(model: FirstLevelModel, run: int = 0) -> np.ndarray:
     ``whitened_residuals`` of each AR bin's nilearn ``RegressionResults`` (the residuals of the whitened model,
     as SPM estimates smoothness from): needs a model fitted with ``minimize_memory=False``.
     """
+    if isinstance(model, MatrixGLM):  # computed block by block from the one data matrix
+        return model.whitened_residuals()
     labels, results = np.asarray(model.labels_[run]), model.results_[run]
     first = next(iter(results.values()))
     if not hasattr(first, "whitened_residuals"):
@@ -626,3 +630,239 @@ def _model_data(model: FirstLevelModel, run: int) -> np.ndarray:
     for label, res in results.items():  # numeric labels (nilearn's OLS: 0.0)
         Y[:, labels == label] = res.Y
     return Y
+
+
+# --------------------------------------------------------------------------------------------
+# one data matrix, many fits: projections instead of whitened copies
+# --------------------------------------------------------------------------------------------
+
+_CHUNK_VOXELS = 16384  # voxels per block when the matrix is read (a block of float64 is n_scans x 128 kB)
+
+
+class ProjectedData:
+    """The masked, scaled data of a run, voxel by time, and what every AR(1) fit of it needs.
+
+    Every quantity of an OLS or AR(1) fit of a voxel's series ``y`` (length ``n``) on a design ``X`` is a function
+    of a few numbers per voxel: ``s0 = y'y``, ``s1 = sum y_t y_(t+1)``, the last sample, and for each design column
+    ``x`` the three projections ``x'y``, ``sum x_(t+1) y_t`` and ``sum x_t y_(t+1)``. With rho the AR(1)
+    coefficient, the whitened series ``yw = y_t - rho y_(t-1)`` (``yw_0 = y_0``, as nilearn's ``ARModel.whiten``)
+    has ``Xw'yw = (1 + rho^2) X'y - rho (U + D) - rho^2 x_(n-1) y_(n-1)`` and ``yw'yw = s0 - 2 rho s1 + rho^2 (s0 -
+    y_(n-1)^2)``; the coefficients, residual sum of squares and contrast then follow from the small ``p x p``
+    matrix ``pinv(Xw) pinv(Xw)'`` of each coefficient bin. The projections of a column are computed once, in one
+    pass over the matrix in blocks of voxels, and reused by every design that holds the column (the main design,
+    the null designs of the calibration, the reference model, the seed design), so a further design costs
+    ``O(p^2)`` per voxel instead of a pass over the data and no copy of it.
+
+    Parameters
+    ----------
+    Y : array of shape (n_voxels, n_scans)
+        The scaled data, voxel-major (float32 is enough: every product is accumulated in float64).
+    mask_img : Nifti1Image
+        Maps the rows of ``Y`` to voxels (C order of the mask's nonzero voxels, as nilearn's maskers).
+    """
+
+    def __init__(self, Y: np.ndarray, mask_img, chunk: int = _CHUNK_VOXELS):
+        self.Y = Y
+        self.mask_img = mask_img
+        self.n_voxels, self.n_scans = Y.shape
+        self.chunk = int(chunk)
+        self._proj: dict[bytes, np.ndarray] = {}  # column bytes -> (3, n_voxels): x'y, Up(x)'y, Down(x)'y
+        s0, s1, total = (np.empty(self.n_voxels) for _ in range(3))
+        for sl, y in self._blocks():
+            s0[sl] = np.einsum("vt,vt->v", y, y)
+            s1[sl] = np.einsum("vt,vt->v", y[:, 1:], y[:, :-1])
+            total[sl] = y.sum(axis=1)
+        self.s0, self.s1, self.total = s0, s1, total
+        self.first = np.asarray(Y[:, 0], dtype=np.float64)
+        self.last = np.asarray(Y[:, -1], dtype=np.float64)
+
+    def _blocks(self):
+        for start in range(0, self.n_voxels, self.chunk):
+            sl = slice(start, min(start + self.chunk, self.n_voxels))
+            yield sl, np.asarray(self.Y[sl], dtype=np.float64)
+
+    @_blas_limited
+    def projections(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``X'y``, ``Up(X)'y`` and ``Down(X)'y`` for every voxel, each of shape (p, n_voxels)."""
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        keys = [np.ascontiguousarray(X[:, j]).tobytes() for j in range(X.shape[1])]
+        new = list(dict.fromkeys(k for k in keys if k not in self._proj))
+        if new:
+            C = np.column_stack([np.frombuffer(k, dtype=np.float64) for k in new])
+            up = np.zeros_like(C)
+            up[:-1] = C[1:]
+            down = np.zeros_like(C)
+            down[1:] = C[:-1]
+            M = np.hstack([C, up, down])  # (n, 3k): one product per block of voxels
+            out = np.empty((M.shape[1], self.n_voxels))
+            for sl, y in self._blocks():
+                out[:, sl] = (y @ M).T
+            k = len(new)
+            for j, key in enumerate(new):
+                self._proj[key] = out[[j, k + j, 2 * k + j]]
+        stacked = np.stack([self._proj[k] for k in keys], axis=1)  # (3, p, V)
+        return stacked[0], stacked[1], stacked[2]
+
+    def _ols(self, X: np.ndarray):
+        from scipy import linalg
+
+        a, u, d = self.projections(X)
+        pinv = linalg.pinv(X)
+        beta = (pinv @ pinv.T) @ a  # pinv(X) y = pinv(X) pinv(X)' X'y
+        rss = self.s0 - np.einsum("pv,pv->v", a, beta)
+        K = X[:-1].T @ X[1:]
+        lag = self.s1 - np.einsum("pv,pv->v", beta, u + d - K @ beta)
+        return beta, rss, lag
+
+    def estimate_rho(self, X: np.ndarray, noise_model: str, *, rho_fwhm: float | None = DEFAULT_RHO_FWHM,
+                     bins: int = 100) -> np.ndarray:
+        """:func:`estimate_rho` of the matrix on ``X``, from the projections (no residual matrix)."""
+        check_noise_model(noise_model)
+        X = np.asarray(X, dtype=np.float64)
+        n = self.n_scans
+        if noise_model == "ols":
+            return np.zeros(self.n_voxels)
+        beta, rss, lag = self._ols(X)
+        if noise_model == "ar1":  # nilearn's Yule-Walker on the residuals minus their grand mean, then truncation
+            tot = self.total - X.sum(axis=0) @ beta
+            r_first = self.first - X[0] @ beta
+            r_last = self.last - X[-1] @ beta
+            m = tot.sum() / (self.n_voxels * n)
+            r0 = (rss - 2 * m * tot + n * m * m) / (n * n)
+            r1 = (lag - m * (2 * tot - r_first - r_last) + (n - 1) * m * m) / ((n - 1) * n)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ar_coef = r1 / r0
+            return (ar_coef * bins).astype(int) * 1.0 / bins
+        q = np.divide(lag, rss, out=np.zeros_like(lag), where=rss > 0)
+        if noise_model == "ar1_pooled":
+            q = np.full_like(q, q.mean())
+        elif rho_fwhm:
+            q = _smooth_in_mask(q, self.mask_img, float(rho_fwhm))
+        return np.round(bias_corrected_ar1(q, X) * bins) / bins + 0.0
+
+    @_blas_limited
+    def fit(self, X: np.ndarray, rho: np.ndarray):
+        """AR(1) fit of every voxel with its own coefficient: ``beta`` (p, V), dispersion (V,), and per voxel
+        the index of its coefficient bin with the bins' ``pinv(Xw) pinv(Xw)'`` matrices."""
+        from scipy import linalg
+
+        X = np.asarray(X, dtype=np.float64)
+        n, p = X.shape
+        a, u, d = self.projections(X)
+        values, codes = np.unique(np.asarray(rho, dtype=np.float64), return_inverse=True)
+        codes = codes.ravel()
+        r = values[codes]
+        g = a * (1 + r * r) - (u + d) * r - np.outer(X[-1], self.last * r * r)  # Xw'yw
+        yy = self.s0 - 2 * r * self.s1 + r * r * (self.s0 - self.last ** 2)  # yw'yw
+        beta = np.empty_like(g)
+        covs = np.empty((len(values), p, p))
+        for k, (idx, value) in enumerate(zip(_groups(codes, len(values)), values, strict=True)):
+            Xw = X.copy()
+            Xw[1:] -= value * X[:-1]
+            pinv = linalg.pinv(Xw)
+            covs[k] = pinv @ pinv.T
+            beta[:, idx] = covs[k] @ g[:, idx]
+        rss = yy - np.einsum("pv,pv->v", g, beta)
+        return beta, rss / (n - p), codes, covs
+
+    def t_contrast(self, X: np.ndarray, rho: np.ndarray, contrast_vector):
+        """nilearn's ``Contrast`` of a t contrast for every voxel (as :func:`t_contrast_z`, from the projections)."""
+        from nilearn.glm.contrasts import Contrast
+
+        X = np.asarray(X, dtype=np.float64)
+        c = np.asarray(contrast_vector, dtype=np.float64).ravel()
+        beta, dispersion, codes, covs = self.fit(X, rho)
+        effect = c @ beta
+        var = np.einsum("p,kpq,q->k", c, covs, c)[codes] * dispersion
+        eps = np.abs(X).sum() * np.finfo(np.float64).eps
+        dof = X.shape[0] - np.linalg.matrix_rank(X, eps)
+        return Contrast(effect=effect[None], variance=var, dof=dof, stat_type="t")
+
+    def t_contrast_z(self, X: np.ndarray, rho: np.ndarray, contrast_vector) -> np.ndarray:
+        return np.asarray(self.t_contrast(X, rho, contrast_vector).z_score(), dtype=float).ravel()
+
+    @_blas_limited
+    def whitened_residuals(self, X: np.ndarray, rho: np.ndarray, dtype=np.float64) -> np.ndarray:
+        """Residuals of the whitened model, (n_scans, n_voxels) (a transposed view of a voxel-major array),
+        computed block by block from the matrix."""
+        X = np.asarray(X, dtype=np.float64)
+        beta = self.fit(X, rho)[0]
+        rho = np.asarray(rho, dtype=np.float64)
+        out = np.empty((self.n_voxels, self.n_scans), dtype=dtype)  # voxel-major: rows are written in place
+        for sl, y in self._blocks():
+            r = rho[sl, None]
+            y = y - (X @ beta[:, sl]).T  # OLS-style residual of the AR fit, then whitened (whitening is linear)
+            y[:, 1:] -= r * (y[:, :-1] + 0.0)
+            out[sl] = y
+        return out.T
+
+
+class MatrixGLM:
+    """A first-level AR(1) GLM fitted on one voxel-by-time matrix (:class:`ProjectedData`).
+
+    What the report needs from nilearn's ``FirstLevelModel``, computed from the matrix: ``compute_contrast``
+    with nilearn's outputs (``z_score``, ``stat``, ``p_value``, ``effect_size``, ``effect_variance``; the same
+    numbers as ``FirstLevelModel`` with the project's noise models, to rounding error), ``design_matrices_``,
+    ``noise_model``, ``rho_`` / ``rho_fwhm_``, ``mask_img``, :meth:`unmask`, and :meth:`whitened_residuals`
+    (for the random-field smoothness). The null designs, the reference model and the seed design are fitted on
+    the same :attr:`data` (:meth:`z_map`), reusing its projections.
+    """
+
+    def __init__(self, data: ProjectedData, design: pd.DataFrame, noise_model: str = DEFAULT_NOISE_MODEL, *,
+                 rho_fwhm: float | None = DEFAULT_RHO_FWHM, bins: int = 100):
+        check_noise_model(noise_model)
+        self.data = data
+        self.noise_model = noise_model
+        self.rho_fwhm_ = rho_fwhm if noise_model == "ar1_bc" else None
+        self.bins = bins
+        self.design_matrices_ = [design]
+        self.mask_img = data.mask_img
+        self._X = design.to_numpy(dtype=float)
+        self.rho_ = [data.estimate_rho(self._X, noise_model, rho_fwhm=rho_fwhm, bins=bins)]
+        self._mask = np.asarray(data.mask_img.dataobj) != 0
+
+    @property
+    def labels_(self):
+        return [np.asarray(self.rho_[0], dtype=float)]
+
+    def unmask(self, values) -> "nib.Nifti1Image":
+        """A 3D image (float64) of per-voxel values, 0 outside the mask."""
+        import nibabel as nib
+
+        out = np.zeros(self._mask.shape)
+        out[self._mask] = np.asarray(values, dtype=float).ravel()
+        return nib.Nifti1Image(out, self.mask_img.affine)
+
+    def compute_contrast(self, contrast_def, stat_type: str = "t", output_type: str = "z_score"):
+        """Maps of a t contrast given as a vector of weights (numbers only, never an expression)."""
+        if stat_type != "t":
+            raise ValueError("MatrixGLM computes t contrasts only")
+        con = self.data.t_contrast(self._X, self.rho_[0], np.asarray(contrast_def, dtype=float))
+        kinds = ("z_score", "stat", "p_value", "effect_size", "effect_variance")
+        wanted = kinds if output_type == "all" else (output_type,)
+        maps = {}
+        for kind in wanted:
+            img = self.unmask(getattr(con, kind)())
+            img.header["descrip"] = f"{kind} of contrast {list(np.asarray(contrast_def, dtype=float))}"[:79]
+            maps[kind] = img
+        return maps if output_type == "all" else maps[output_type]
+
+    def z_map(self, design, contrast_vector, noise_model: str | None = None,
+              rho_fwhm: float | None = None) -> np.ndarray:
+        """z values of a t contrast of another design (same rows) fitted on the same data under ``noise_model``
+        (default: this model's), with its own AR(1) estimate."""
+        X = np.asarray(design, dtype=float)
+        if rho_fwhm is None:
+            rho_fwhm = DEFAULT_RHO_FWHM if self.rho_fwhm_ is None else self.rho_fwhm_
+        rho = self.data.estimate_rho(X, noise_model or self.noise_model, rho_fwhm=rho_fwhm, bins=self.bins)
+        return self.data.t_contrast_z(X, rho, contrast_vector)
+
+    def whitened_residuals(self, dtype=np.float64) -> np.ndarray:
+        """Residuals of the whitened model (n_scans, n_voxels), the mask's voxels in C order."""
+        return self.data.whitened_residuals(self._X, self.rho_[0], dtype=dtype)
+
+
+def fit_matrix(Y: np.ndarray, design: pd.DataFrame, mask_img, noise_model: str = DEFAULT_NOISE_MODEL, *,
+               rho_fwhm: float | None = DEFAULT_RHO_FWHM, bins: int = 100) -> MatrixGLM:
+    """Fit the GLM on a scaled voxel-by-time matrix (see :class:`MatrixGLM`)."""
+    return MatrixGLM(ProjectedData(Y, mask_img), design, noise_model, rho_fwhm=rho_fwhm, bins=bins)

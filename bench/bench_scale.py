@@ -1,0 +1,310 @@
+"""How the project scales to today's run sizes, against plain nilearn on the same file.
+
+For each size a BIDS dataset with an fMRIPrep-like derivative is generated once (``space-MNI152NLin2009cAsym_desc-
+preproc_bold.nii.gz``, gzip-compressed float32, its ``desc-brain_mask`` and a ``task-listen_bold.json`` sidecar with
+the TR; a listening block design; AR(1) noise, a planted auditory response and a PCC deactivation), then two commands
+are run alternately in fresh processes (A B A B ...):
+
+(project) ``analysis.run(config, force=True)``: the whole report's analysis in BIDS mode with ``bids.space`` set (no
+    preprocessing), everything else default: GLM, five thresholds, labelled cluster tables, DMN (ROI GLMs and the
+    seed map), calibration with 6 + 2 null designs, 16 figures and the viewer; empty output folder each time;
+(plain) the seed's analysis in plain nilearn on the same file: ``nib.load`` + ``get_fdata(float32)``,
+    ``FirstLevelModel(t_r, noise_model="ar1", hrf_model="spm", drift_model="cosine", high_pass=0.01).fit(img,
+    events)`` (nilearn computes its own mask, as the seed does), the z map, ``threshold_stats_img`` FDR 0.05 and
+    ``get_clusters_table``; no figures.
+
+Printed for each size: wall time (median, min-max), peak memory of the whole process tree (summed PSS of the process
+and its figure workers, sampled every 50 ms), the project/plain ratio of wall times (median of the pairwise ratios),
+peak memory over the run's float32 size, and time per voxel-volume (wall / (x*y*z*t)).
+
+    python bench/bench_scale.py --sizes 3mm84 --repeat 3              # quick: about 1 minute
+    python bench/bench_scale.py --sizes 2mm300,2mm600 --repeat 2      # about 10 minutes on 2 cores
+    python bench/bench_scale.py --sizes 2mm1000 --repeat 1 --only project
+    python bench/bench_scale.py --project /path/to/other/checkout     # time another version of the project
+
+Sizes: 3mm84 (67x79x64x84, TR 7 s), 2mm300 (91x109x91x300, TR 2 s), 2mm600 (91x109x91x600, TR 0.8 s), 2mm1000
+(91x109x91x1000, TR 0.8 s). Generated data are kept in ``--data`` (default: a folder in the temporary directory) and
+reused. Atlases come from ``NILEARN_DATA`` (default ``../shared/nilearn_data`` next to the project, if present).
+Prints its figures; it is not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = "MNI152NLin2009cAsym"
+SIZES = {  # name: (shape, n_scans, t_r, voxel size mm, affine origin)
+    "3mm84": ((67, 79, 64), 84, 7.0, 3.0, (-100.0, -136.0, -80.0)),
+    "2mm300": ((91, 109, 91), 300, 2.0, 2.0, (-90.0, -126.0, -72.0)),
+    "2mm600": ((91, 109, 91), 600, 0.8, 2.0, (-90.0, -126.0, -72.0)),
+    "2mm1000": ((91, 109, 91), 1000, 0.8, 2.0, (-90.0, -126.0, -72.0)),
+}
+
+PLAIN = r'''
+import sys, warnings
+warnings.filterwarnings("ignore")
+import nibabel as nib
+import pandas as pd
+from nilearn.glm import threshold_stats_img
+from nilearn.glm.first_level import FirstLevelModel
+from nilearn.reporting import get_clusters_table
+bold_path, events_path, t_r = sys.argv[1], sys.argv[2], float(sys.argv[3])
+img = nib.load(bold_path)
+img = nib.Nifti1Image(img.get_fdata(dtype="float32"), img.affine, img.header)
+events = pd.read_csv(events_path, sep="\t")
+model = FirstLevelModel(t_r=t_r, noise_model="ar1", hrf_model="spm", drift_model="cosine", high_pass=0.01)
+model = model.fit(img, events)
+z_map = model.compute_contrast("listening", output_type="z_score")
+thr_img, thr = threshold_stats_img(z_map, alpha=0.05, height_control="fdr")
+table = get_clusters_table(z_map, stat_threshold=thr, cluster_threshold=10)
+print(len(table))
+'''
+
+PROJECT = r'''
+import sys
+from analysis import load_config, run
+run(load_config(sys.argv[1]), force=True)
+'''
+
+
+# ----------------------------------------------------------------------------- data
+
+def _affine(vox: float, origin) -> np.ndarray:
+    aff = np.diag([vox, vox, vox, 1.0])
+    aff[:3, 3] = origin
+    return aff
+
+
+def generate(name: str, folder: Path) -> dict:
+    """Write the BIDS dataset of size ``name`` into ``folder`` (once); return its paths and facts."""
+    shape, n, t_r, vox, origin = SIZES[name]
+    root = folder / name
+    func = root / "sub-01" / "func"
+    deriv = root / "derivatives" / "fmriprep" / "sub-01" / "func"
+    stem = f"sub-01_task-listen_space-{SPACE}"
+    bold = deriv / f"{stem}_desc-preproc_bold.nii.gz"
+    events_path = func / "sub-01_task-listen_events.tsv"
+    info = {"root": str(root), "bold": str(bold), "events": str(events_path), "t_r": t_r, "shape": [*shape, n],
+            "float32_bytes": int(np.prod(shape)) * n * 4}
+    done = root / "complete.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    import nibabel as nib
+    import pandas as pd
+    from nilearn.datasets import load_mni152_brain_mask
+    from nilearn.glm.first_level import make_first_level_design_matrix
+    from nilearn.image import resample_img
+    from scipy import ndimage
+
+    shutil.rmtree(root, ignore_errors=True)
+    func.mkdir(parents=True)
+    deriv.mkdir(parents=True)
+    affine = _affine(vox, origin)
+    mask = np.asarray(resample_img(load_mni152_brain_mask(resolution=2), target_affine=affine, target_shape=shape,
+                                   interpolation="nearest", force_resample=True, copy_header=True).dataobj) > 0
+    (root / "dataset_description.json").write_text(json.dumps({"Name": f"bench {name}", "BIDSVersion": "1.8.0"}))
+    (root / "task-listen_bold.json").write_text(json.dumps({"RepetitionTime": t_r, "TaskName": "listen"}))
+    (root / "derivatives" / "fmriprep" / "dataset_description.json").write_text(
+        json.dumps({"Name": "fMRIPrep-like", "BIDSVersion": "1.8.0", "DatasetType": "derivative",
+                    "GeneratedBy": [{"Name": "bench_scale"}]}))
+    block = 42.0 if t_r >= 2 else 20.0  # s on, s off
+    onsets = np.arange(block, n * t_r - block, 2 * block)
+    events = pd.DataFrame({"onset": onsets, "duration": block, "trial_type": "listening"})
+    events.to_csv(events_path, sep="\t", index=False)
+    frame_times = np.arange(n) * t_r
+    task = make_first_level_design_matrix(frame_times, events, hrf_model="spm", drift_model=None)["listening"]
+    task = task.to_numpy() / task.max()
+    rng = np.random.default_rng(0)
+    ijk = np.indices(shape).reshape(3, -1).T
+    xyz = (ijk @ affine[:3, :3].T + affine[:3, 3]).reshape(*shape, 3)
+
+    def ball(c, r):
+        return np.sum((xyz - np.asarray(c)) ** 2, axis=-1) <= r * r
+
+    base = np.where(mask, 1000.0 * (1.0 + 0.2 * np.tanh(ndimage.gaussian_filter(
+        rng.standard_normal(shape), 4.0) * 8.0)), 30.0).astype(np.float32)
+    effect = np.zeros(shape, np.float32)
+    effect[ball((-54, -22, 8), 12) & mask] = 0.02
+    effect[ball((56, -20, 6), 12) & mask] = 0.02
+    effect[ball((0, -53, 26), 12) & mask] = -0.008
+    sd = (base / 60.0).astype(np.float32)  # tSNR 60
+    rho = 0.3 if t_r >= 2 else 0.5
+    state = rng.standard_normal(shape, dtype=np.float32)
+    innov = np.float32(np.sqrt(1 - rho * rho))
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((*shape, n))
+    hdr.set_data_dtype(np.float32)
+    hdr.set_zooms((vox, vox, vox, t_r))
+    hdr.set_xyzt_units("mm", "sec")
+    hdr.set_qform(affine, code=4)
+    hdr.set_sform(affine, code=4)
+    hdr.set_data_offset(352)
+    tmp = bold.with_suffix(".tmp")
+    with gzip.open(tmp, "wb", compresslevel=1) as fh:
+        fh.write(hdr.binaryblock + b"\x00" * 4)
+        for t in range(n):
+            state = rho * state + innov * rng.standard_normal(shape, dtype=np.float32)
+            vol = base * (1 + effect * np.float32(task[t])) + sd * state
+            fh.write(np.asarray(vol, np.float32).tobytes(order="F"))
+    os.replace(tmp, bold)
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), deriv / f"{stem}_desc-brain_mask.nii.gz")
+    pd.DataFrame(rng.standard_normal((n, 6)) * 0.05, columns=["trans_x", "trans_y", "trans_z", "rot_x", "rot_y",
+                                                              "rot_z"]).to_csv(
+        deriv / "sub-01_task-listen_desc-confounds_timeseries.tsv", sep="\t", index=False)
+    info["n_mask_voxels"] = int(mask.sum())
+    done.write_text(json.dumps(info))
+    return info
+
+
+def project_config(info: dict, out: Path, project: Path) -> Path:
+    toml = (project / "analysis.toml").read_text()
+    lines = []
+    for line in toml.splitlines():
+        key = line.split("#")[0].strip()
+        if key.startswith("dataset ="):
+            line = 'dataset = "bids"'
+        elif key.startswith("t_r ="):
+            line = "t_r = 0.0"
+        elif key.startswith("dir ="):
+            line = f'dir = "{out}"'
+        lines.append(line)
+    lines += ["", "[bids]", f'root = "{info["root"]}"', 'subject = "01"', 'task = "listen"', f'space = "{SPACE}"']
+    cfg = out.parent / f"{out.name}.toml"
+    cfg.write_text("\n".join(lines) + "\n")
+    return cfg
+
+
+# ----------------------------------------------------------------------------- timing
+
+def _pss_kb(pid: int) -> int:
+    for path, key in ((f"/proc/{pid}/smaps_rollup", "Pss:"), (f"/proc/{pid}/status", "VmRSS:")):
+        try:
+            with open(path) as fh:
+                for line in fh:
+                    if line.startswith(key):
+                        return int(line.split()[1])
+        except OSError:
+            continue
+    return 0
+
+
+def _tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as fh:
+                    todo += [int(c) for c in fh.read().split()]
+        except OSError:
+            continue
+    return out
+
+
+def timed(cmd: list[str], env: dict, cwd: Path) -> tuple[float, int]:
+    """Wall time (s) and peak summed PSS (bytes) of the process tree of ``cmd``."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+
+    def sample():
+        nonlocal peak
+        while proc.poll() is None:
+            peak = max(peak, sum(_pss_kb(p) for p in _tree(proc.pid)))
+            time.sleep(0.05)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    _, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    th.join()
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd[:2])} failed:\n{err[-3000:]}")
+    return wall, peak * 1024
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default="3mm84,2mm300,2mm600,2mm1000",
+                   help=f"comma-separated, from {', '.join(SIZES)}")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each command per size (medians are reported)")
+    p.add_argument("--only", choices=["project", "plain"], help="run only one of the two commands")
+    p.add_argument("--project", type=Path, default=ROOT, help="project checkout to time (default: this one)")
+    p.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "bench-scale-data",
+                   help="where the generated datasets are kept and reused")
+    args = p.parse_args(argv)
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        p.error(f"unknown size(s) {', '.join(unknown)}; choose from {', '.join(SIZES)}")
+    project = args.project.resolve()
+    if "NILEARN_DATA" not in os.environ and (ROOT.parent / "shared" / "nilearn_data").is_dir():
+        os.environ["NILEARN_DATA"] = str(ROOT.parent / "shared" / "nilearn_data")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(project), *filter(None, [env.get("PYTHONPATH")])])
+    env.setdefault("PYTHONHASHSEED", "0")
+    py = sys.executable
+    print(f"project {project}\ncores {os.cpu_count()}; load average {os.getloadavg()[0]:.1f} at start; "
+          f"NILEARN_DATA {os.environ.get('NILEARN_DATA', '(unset)')}\n")
+    args.data.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    rows = []
+    try:
+        for name in sizes:
+            t = time.perf_counter()
+            info = generate(name, args.data)
+            print(f"{name}: data ready in {time.perf_counter() - t:.0f} s ({info['bold']}, "
+                  f"{info['float32_bytes'] / 1e9:.2f} GB as float32)", flush=True)
+            out = work / f"out-{name}"
+            cfg = project_config(info, out, project)
+            cmds = {"project": [py, "-c", PROJECT, str(cfg)],
+                    "plain": [py, "-c", PLAIN, info["bold"], info["events"], str(info["t_r"])]}
+            order = [args.only] if args.only else ["project", "plain"]
+            res = {k: [] for k in order}
+            for i in range(args.repeat):
+                for k in order:
+                    if k == "project":
+                        shutil.rmtree(out, ignore_errors=True)
+                    wall, peak = timed(cmds[k], env, project)
+                    res[k].append((wall, peak))
+                    print(f"  run {i + 1} {k:<8s} {wall:7.1f} s  peak {peak / 1e9:5.2f} GB  "
+                          f"(load {os.getloadavg()[0]:.1f})", flush=True)
+            rows.append((name, info, res))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print("\n| run | command | wall s (min-max) | peak RSS tree GB | RSS / float32 size | ns per voxel-volume "
+          "| project/plain |")
+    print("|---|---|---|---|---|---|---|")
+    for name, info, res in rows:
+        nvv = int(np.prod(info["shape"]))
+        ratio = ""
+        if "project" in res and "plain" in res:
+            pairs = [a[0] / b[0] for a, b in zip(res["project"], res["plain"])]
+            ratio = f"{statistics.median(pairs):.2f} ({min(pairs):.2f}-{max(pairs):.2f})"
+        for k, vals in res.items():
+            walls = [w for w, _ in vals]
+            peak = max(pk for _, pk in vals)
+            med = statistics.median(walls)
+            print(f"| {name} | {k} | {med:.1f} ({min(walls):.1f}-{max(walls):.1f}) | {peak / 1e9:.2f} | "
+                  f"{peak / info['float32_bytes']:.2f} | {med / nvv * 1e9:.1f} | {ratio if k == 'project' else ''} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
