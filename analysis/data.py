@@ -550,6 +550,11 @@ class BoldMatrix:
     value_min: float
     value_max: float
     file_sha256: dict = field(default_factory=dict)
+    _state: dict = field(default_factory=dict, repr=False)  # the voxel means once the matrix is scaled in place
+
+    @property
+    def is_scaled(self) -> bool:
+        return "mean" in self._state
 
     @property
     def mask_img(self) -> nib.Nifti1Image:
@@ -586,17 +591,34 @@ class BoldMatrix:
 
         return nib.Nifti1Image(self.first_volumes, self.affine)
 
-    def scaled(self) -> np.ndarray:
-        """nilearn's ``signal_scaling=0`` of the matrix, voxel-major float32: ``100 * (y / mean(y) - 1)``, with the
-        mean at least 1 (``mean_scaling``), computed in float64 block by block."""
-        out = np.empty(self.data.shape, dtype=np.float32)
+    def scale_in_place(self) -> np.ndarray:
+        """nilearn's ``signal_scaling=0`` of the matrix, ``100 * (y / mean(y) - 1)`` with the mean at least 1
+        (``mean_scaling``), computed in float64 block by block and written over :attr:`data` (no second copy of
+        the run); the raw series stay available through :meth:`raw_series`. Returns :attr:`data`."""
+        if self.is_scaled:
+            return self.data
+        means = np.empty(self.data.shape[0])
         step = 16384
-        for start in range(0, self.data.shape[0], step):
-            y = np.asarray(self.data[start:start + step], dtype=np.float64)
-            mean = np.maximum(y.mean(axis=1, keepdims=True), 1.0)
-            out[start:start + step] = 100.0 * (y / mean - 1.0)
-        out.flags.writeable = False
-        return out
+        self.data.flags.writeable = True
+        try:
+            for start in range(0, self.data.shape[0], step):
+                y = np.asarray(self.data[start:start + step], dtype=np.float64)
+                mean = np.maximum(y.mean(axis=1, keepdims=True), 1.0)
+                means[start:start + step] = mean[:, 0]
+                self.data[start:start + step] = 100.0 * (y / mean - 1.0)
+        finally:
+            self.data.flags.writeable = False
+        self._state["mean"] = means
+        return self.data
+
+    def raw_series(self, idx: np.ndarray) -> np.ndarray:
+        """(n_scans, len(idx)) float64 series of the in-mask voxels ``idx`` as read (rebuilt from the scaled
+        matrix once it is scaled, to float32 rounding: about 1e-9 of the signal)."""
+        rows = np.asarray(self.data[idx], dtype=np.float64)
+        if self.is_scaled:
+            m = self._state["mean"][idx, None]
+            rows = m * (rows / 100.0 + 1.0)
+        return np.ascontiguousarray(rows.T)
 
     def unmask(self, values: np.ndarray) -> nib.Nifti1Image:
         """A 3D (values of shape (n_voxels,)) or 4D (shape (n_voxels, k)) image, 0 outside the mask."""

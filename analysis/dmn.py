@@ -207,13 +207,15 @@ class _Bold:
         return self.Yv.T
 
     def series(self, idx: np.ndarray) -> np.ndarray:
-        """(n_scans, len(idx)) float64 time series of the in-mask voxels ``idx``."""
+        """(n_scans, len(idx)) float64 time series of the in-mask voxels ``idx``, as read."""
+        if hasattr(self.source, "raw_series"):
+            return self.source.raw_series(idx)
         return np.ascontiguousarray(self.Yv[idx].T, dtype=np.float64)
 
     def image(self):
         """The 4D image of the data (built from the matrix only when a caller needs an image)."""
         if hasattr(self.source, "mask_report"):
-            return self.source.unmask(self.source.data)
+            return self.source.unmask(self.source.raw_series(np.arange(self.Yv.shape[0])).T.astype(np.float32))
         return self.source
 
     def sphere(self, center, radius: float) -> np.ndarray:

@@ -901,7 +901,7 @@ def _fit(run: data.Run, matrix: data.BoldMatrix, design, config: Config):
             arr = np.asarray(bold.dataobj, dtype=np.float32)
             bold = nib.Nifti1Image(np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0), bold.affine, bold.header)
         return glm.fit(bold, design, config, mask_img=matrix.mask_img)
-    return fit_matrix(matrix.scaled(), design, matrix.mask_img, g.noise_model, rho_fwhm=g.rho_fwhm or None)
+    return fit_matrix(matrix.scale_in_place(), design, matrix.mask_img, g.noise_model, rho_fwhm=g.rho_fwhm or None)
 
 
 def _finite(arr: np.ndarray, reduce) -> float:
