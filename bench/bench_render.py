@@ -7,7 +7,15 @@ In a temporary copy of the project (sources only; the simulated dataset), each s
 - analysis, cold (``python -m analysis``, empty output folder) and cached (valid results, as a render sees them);
 - ``quarto render`` cold: the analysis cached, no ``_freeze/``, ``_book/`` or ``.quarto/`` (as in CI);
 - ``quarto render`` after a one-word prose edit in one chapter (``freeze: auto`` re-executes that chapter only);
-- ``quarto render`` with nothing changed.
+- ``quarto render`` with nothing changed;
+- the pre-render hook alone (``python -m analysis --prerender``): its fast path (nothing changed since the last
+  render) and its full path (results re-verified);
+- Quarto's own floor: the same book (same ``_quarto.yml``, chapters, title page, bibliography) with one line of
+  text per chapter, no code and no pre-render hook, cold and after a one-word edit;
+- where the time of a prose-edit render goes, from one more render at ``--log-level debug``: pre-render, each
+  page's HTML pass (the edited chapter includes its kernel), the typst and Word book passes, the rest.
+
+The load average is printed with each row: other processes on the 2 cores stretch every number.
 
 Targets (issue 14): cold render of the three formats <= 40 s, re-render after a prose edit <= 10 s. The number of
 Jupyter kernels each render started is printed too: one per chapter with code, whatever the number of formats.
@@ -38,6 +46,68 @@ def _quarto() -> str:
     if not found:
         sys.exit("error: quarto not found; install it (../shared/quarto/README.md) or put it on PATH")
     return found
+
+
+def _load() -> str:
+    return "load " + "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _floor_project(project: Path, dest: Path) -> Path:
+    """The book with one line of text per chapter: no code, no pre-render (what Quarto costs by itself)."""
+    import re
+
+    dest.mkdir()
+    for name in ("_quarto.yml", "_quarto-timeseries.yml", "_quarto-statmap.yml", "references.bib", "report.scss",
+                 "references.qmd", "_report-metadata.yml"):
+        shutil.copy2(project / name, dest / name)
+    quarto_yml = dest / "_quarto.yml"
+    quarto_yml.write_text(re.sub(r"(?m)^\s*pre-render:.*$", "", quarto_yml.read_text(encoding="utf-8")),
+                          encoding="utf-8")
+    for qmd in [project / "index.qmd", *sorted((project / "chapters").glob("*.qmd"))]:
+        head = next(line for line in qmd.read_text(encoding="utf-8").splitlines() if line.startswith("# "))
+        out = dest / qmd.relative_to(project)
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(f"{head}\n\nOne paragraph of plain text in this chapter.\n", encoding="utf-8")
+    return dest
+
+
+def _timed_lines(cmd, cwd, env) -> list[tuple[float, str]]:
+    """Run ``cmd``; every output line with the seconds since the start."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1)
+    lines = [(time.perf_counter() - start, line.rstrip("\n")) for line in proc.stdout]
+    lines.append((time.perf_counter() - start, "EXIT"))
+    if proc.wait() != 0:
+        sys.exit(f"error: {' '.join(map(str, cmd))} exited {proc.returncode}")
+    return lines
+
+
+def _breakdown(lines: list[tuple[float, str]]) -> list[tuple[str, float]]:
+    """Stages of a debug-level render log: pre-render, each page's HTML pass, the typst and Word book passes."""
+    import re
+
+    marks = []  # (time, stage name) where each stage starts
+    for t, line in lines:
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
+        if plain.startswith("Running script") and not marks:
+            marks.append((t, "pre-render hook (python -m analysis --prerender)"))
+        elif m := re.match(r"\[\s*\d+/\d+\] (\S+)", plain):
+            marks.append((t, f"HTML pass: {m.group(1)}"))
+        elif "leveloneanalysis.lua" in plain:
+            marks.append((t, "book assembly"))
+        elif plain.startswith("to: ") and marks and marks[-1][1] == "pandoc":
+            fmt = plain[4:]
+            marks[-1] = (marks[-1][0], "typst book (pandoc, typst compile)" if fmt.startswith("typst")
+                         else "Word book (pandoc)" if fmt == "docx" else f"{fmt} book")
+        elif plain == "pandoc --verbose --trace":
+            marks.append((t, "pandoc"))
+        elif "--to html --citeproc" in plain:
+            marks.append((t, "HTML bibliography, search index, clean-up"))
+    marks.append((lines[-1][0], "end"))
+    rows = [("Quarto start-up", marks[0][0])]
+    rows += [(name, marks[i + 1][0] - t) for i, (t, name) in enumerate(marks[:-1])]
+    return rows
 
 
 def _run(cmd, cwd, env) -> tuple[float, str]:
@@ -96,6 +166,7 @@ def main(argv=None) -> int:
         render = [quarto, "render"] + ([] if args.profile == "default" else ["--profile", args.profile])
         rows: dict[str, list[float]] = {}
         kernels: dict[str, int] = {}
+        loads = {"start": _load()}
 
         analysis = [sys.executable, "-m", "analysis", "--quiet"]
         for i in range(args.repeat):
@@ -121,6 +192,36 @@ def main(argv=None) -> int:
             seconds, log = _run(render, project, env)
             rows.setdefault("quarto render, nothing changed", []).append(seconds)
             kernels["quarto render, nothing changed"] = log.count("Starting python3 kernel")
+        loads["render"] = _load()
+
+        prerender = [sys.executable, "-m", "analysis", "--quiet", "--prerender"]
+        for _ in range(args.repeat):
+            rows.setdefault("pre-render hook, nothing changed (fast path)", []).append(
+                _run(prerender, project, env)[0])
+        stamp = next(project.rglob("prerender-stamp.json"), None)
+        for _ in range(args.repeat):
+            if stamp is not None:
+                stamp.unlink(missing_ok=True)
+            rows.setdefault("pre-render hook, full path (results re-verified)", []).append(
+                _run(prerender, project, env)[0])
+        _run(prerender, project, env)  # leaves the stamp for the debug render below
+
+        floor = _floor_project(project, Path(tmp) / "floor")
+        floor_env = {k: v for k, v in env.items() if k != "ANALYSIS_CONFIG"}
+        for i in range(args.repeat):
+            for sub in ("_book", ".quarto"):
+                shutil.rmtree(floor / sub, ignore_errors=True)
+            rows.setdefault("Quarto's floor (text-only book), cold", []).append(_run(render, floor, floor_env)[0])
+        for i in range(args.repeat):
+            path = floor / EDITED
+            path.write_text(path.read_text(encoding="utf-8").replace(" ", f" word{i} ", 1), encoding="utf-8")
+            rows.setdefault("Quarto's floor (text-only book), after a one-word edit", []).append(
+                _run(render, floor, floor_env)[0])
+        loads["floor"] = _load()
+
+        _edit_one_word(project, args.repeat)
+        stages = _breakdown(_timed_lines(render + ["--log-level", "debug"], project, env))
+        loads["breakdown"] = _load()
 
     version = subprocess.run([quarto, "--version"], capture_output=True, text=True).stdout.strip()
     print(f"Quarto {version}, profile {args.profile}, {os.cpu_count()} cores; medians (min–max)")
@@ -130,6 +231,14 @@ def main(argv=None) -> int:
         target = next((t for k, t in targets.items() if k in name), "")
         k = f"{kernels[name]:>2} kernels" if name in kernels else ""
         print(f"  {name:<{width}}  {_fmt(values):<24} {k:<11} {('target ' + target) if target else ''}")
+    print("machine load (1/5/15 min) at the start, after the renders, after the floor, after the breakdown: "
+          + "; ".join(loads.values()))
+    print(f"where a prose-edit render goes (one render of {EDITED}, --log-level debug, {loads['breakdown']}):")
+    width = max(len(n) for n, _ in stages)
+    total = sum(t for _, t in stages)
+    for name, seconds in stages:
+        print(f"  {name:<{width}}  {seconds:5.1f} s")
+    print(f"  {'total':<{width}}  {total:5.1f} s")
     return 0
 
 
