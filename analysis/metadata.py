@@ -299,6 +299,7 @@ def config_json(res: "Results") -> str:
 # ----------------------------------------------------------------------------- shared outputs (downloads)
 
 _ROLES = {"z": "z map, unthresholded", "effect": "effect size map, unthresholded",
+          "variance": "variance of the effect size (for fixed and group effects)",
           "z_thresholded": "z map at the primary threshold", "clusters_img": "cluster labels (1, 2, ... as in the table)",
           "clusters": "cluster table (peaks and sub-peaks)"}
 

@@ -359,7 +359,7 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
         contrast_results[name], thresholded[name] = _infer_contrast(
             w, config, name, m.expression, glm.describe_direction(m.expression, conditions), m.z_img, mask_img,
             space=run.space, atlases=atlases, bg_img=bg_img, vector=m.vector, effect_img=m.effect_img,
-            truth=run.truth, viewer=i == 0,  # the downloads chapter shows the main contrast interactively
+            variance_img=m.variance_img, truth=run.truth, viewer=i == 0,  # the downloads chapter shows the main contrast interactively
             rft=rft_inference)
 
     # the DMN step before the calibration: its figures are the heavier ones, and the drawing processes get them
@@ -593,7 +593,7 @@ def _label_atlases(config: Config, space: str):
 
 def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, direction: str, z_img, mask_img, *,
                     space: str, atlases, bg_img, vector=(), effect_img=None, truth=None,
-                    extra_sidecar: dict | None = None, viewer: bool = False,
+                    extra_sidecar: dict | None = None, viewer: bool = False, variance_img=None,
                     rft=None) -> tuple[ContrastResult, dict]:
     """Thresholds, labelled cluster table, derivative maps and map figures of one contrast's z map.
 
@@ -650,6 +650,11 @@ def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, dire
             effect_img, f"contrast-{ent}_stat-effect_statmap.nii.gz",
             {**base, "Statistic": "effect size", "Thresholded": False, "Threshold": None,
              "Units": "% signal change" if config.glm.signal_scaling == 0 else "BOLD units"})
+    if variance_img is not None:  # for fixed effects across runs and the group level (analysis.study)
+        files["variance"] = w.derivative(
+            variance_img, f"contrast-{ent}_stat-variance_statmap.nii.gz",
+            {**base, "Statistic": "variance of the effect size", "Thresholded": False, "Threshold": None,
+             "Units": "(% signal change)^2" if config.glm.signal_scaling == 0 else "BOLD units squared"})
     files["z_thresholded"] = w.derivative(
         primary_img, f"contrast-{ent}_stat-z_desc-thresholded_statmap.nii.gz",
         {**base, "Statistic": "z", "Thresholded": True, "Threshold": primary.label,
