@@ -260,3 +260,44 @@ def test_voxel_major_copy_is_kept_for_read_only_data_and_dropped_with_it():
     del Y, first
     gc.collect()
     assert noise._VOXEL_MAJOR == [None, None]
+
+
+@pytest.mark.parametrize("noise_model", ["ar1_bc", "ar1", "ols", "ar1_pooled"])
+def test_matrix_glm_gives_nilearns_maps_null_z_and_residuals(noise_model):
+    """The GLM on the one data matrix (projections, no whitened copy) equals the FirstLevelModel fit on the same data."""
+    from analysis.noise import MatrixGLM, ProjectedData, estimate_rho, model_residuals, t_contrast_z
+
+    bold, mask = _noise_img(np.linspace(0.0, 0.5, 7 * 8 * 9).reshape(7, 8, 9), seed=3, shape=(7, 8, 9))
+    design = _reference_design()
+    ref = fit_first_level(bold, design, mask, t_r=T_R, noise_model=noise_model, minimize_memory=False)
+    Y = model_data(ref)
+    model = MatrixGLM(ProjectedData(np.ascontiguousarray(Y.T, dtype=np.float64), mask), design, noise_model)
+    assert np.array_equal(model.rho_[0], ref.rho_[0])
+    c = np.zeros(design.shape[1])
+    c[list(design.columns).index("listening")] = 1.0
+    theirs, ours = ref.compute_contrast(c, output_type="all"), model.compute_contrast(c, output_type="all")
+    for kind in theirs:
+        np.testing.assert_allclose(ours[kind].get_fdata(), theirs[kind].get_fdata(), rtol=1e-9, atol=1e-11)
+    X_null = design.to_numpy(float).copy()
+    X_null[:, list(design.columns).index("listening")] = np.roll(X_null[:, 0], 9)
+    rho = estimate_rho(Y, X_null, noise_model, mask_img=mask)
+    np.testing.assert_allclose(model.z_map(X_null, c), t_contrast_z(Y, X_null, rho, c), rtol=1e-9, atol=1e-11)
+    if noise_model != "ols":
+        np.testing.assert_allclose(model_residuals(model), model_residuals(ref), rtol=1e-9, atol=1e-9)
+
+
+def test_projections_of_a_column_are_computed_once():
+    from analysis.noise import ProjectedData
+
+    bold, mask = _noise_img(0.2, shape=(7, 8, 9))
+    data = ProjectedData(np.ascontiguousarray(np.asarray(bold.dataobj)[np.asarray(mask.dataobj) > 0]), mask,
+                         chunk=100)  # several blocks of voxels
+    X = _reference_design().to_numpy(float)
+    a, u, d = data.projections(X)
+    Y = np.asarray(data.Y, dtype=float)
+    np.testing.assert_allclose(a, X.T @ Y.T, rtol=1e-12)
+    np.testing.assert_allclose(u[:, :], X[1:].T @ Y[:, :-1].T, rtol=1e-12)
+    np.testing.assert_allclose(d[:, :], X[:-1].T @ Y[:, 1:].T, rtol=1e-12)
+    n_cached = len(data._proj)
+    data.projections(X[:, ::-1])
+    assert len(data._proj) == n_cached
