@@ -340,6 +340,7 @@ def test_publishing_killed_at_every_file_operation_never_serves_a_mix(tmp_path):
         killed += 1
         outputs.remove_stale(out)
         assert not list(out.glob(".analysis-stage-*")) and not list(out.glob(".analysis-old-*"))
+    print(f"\npublishing killed at each of {killed} file operations; never a mix served")
     assert killed >= 8  # every rename and write of the publishing step was a kill point
 
 
