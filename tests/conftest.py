@@ -19,6 +19,9 @@ PROJECT = Path(__file__).resolve().parents[1]
 SHARED_NILEARN_DATA = PROJECT.parent / "shared" / "nilearn_data"
 if "NILEARN_DATA" not in os.environ and SHARED_NILEARN_DATA.exists():
     os.environ["NILEARN_DATA"] = str(SHARED_NILEARN_DATA)
+elif os.environ.get("NILEARN_DATA") and not Path(os.environ["NILEARN_DATA"]).is_absolute():
+    # the README's command gives it relative to the project; the renders run in a temporary copy elsewhere
+    os.environ["NILEARN_DATA"] = str(Path(os.environ["NILEARN_DATA"]).resolve())
 
 def atlas_dir(subfolder: str) -> Path | None:
     """The nilearn data folder holding ``subfolder`` (NILEARN_DATA, else ../shared/nilearn_data), or None."""

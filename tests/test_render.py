@@ -206,3 +206,19 @@ def test_docx_has_the_headline_numbers_and_every_figure(book):
     cited = set(re.findall(r"\b(Figure|Table) (\d+\.\d+)\b", body))
     captions = set(re.findall(r"\b(Figure|Table) (\d+\.\d+):", body))
     assert not sorted(cited - captions), f"cited but not in the DOCX: {sorted(cited - captions)}"
+
+
+def test_the_rendered_report_had_the_atlases(book):
+    """With the atlas data present (``NILEARN_DATA``), the rendered report labels and analyses with them: a
+    render in another folder must not lose them (a relative ``NILEARN_DATA`` once did, silently)."""
+    from conftest import atlas_dir
+
+    if atlas_dir("fsl") is None or atlas_dir("yeo_2011") is None:
+        pytest.skip("no atlas data here")
+    import re
+
+    for page in book.html_pages():
+        text_ = re.sub(r"<[^>]+>", "", page.read_text(encoding="utf-8"))
+        for atlas in ("Harvard-Oxford cortical", "Yeo 2011", "Schaefer 2018"):
+            assert f"{atlas}: download failed" not in text_, (page.name, atlas)
+        assert "no Harvard-Oxford atlas could be loaded" not in text_, page.name
