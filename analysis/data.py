@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # nibabel is imported where images are read, so that reading 
     import nibabel as nib
 
 from .config import Config
+from .outputs import file_sha256  # noqa: F401  (part of this module's API)
 from .space import TEMPLATE_SPACE
 
 __all__ = ["DataError", "Run", "load_run", "check_bold", "check_events", "check_t_r", "read_table",
@@ -105,10 +106,6 @@ def nilearn_data_dir(config: Config) -> str | None:
     return config.data.data_dir or os.environ.get("NILEARN_DATA") or None
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def load_run(config: Config, cache_dir: str | Path | None = None) -> Run:
@@ -381,20 +378,20 @@ def _load_nifti(path: str, read_data: bool = True) -> nib.Nifti1Image:
         raise DataError(f"{path}: file not found; check the path in the config")
     if not Path(path).is_file():  # a folder, a FIFO or a device would hang or fail deep inside nibabel
         raise DataError(f"{path}: not a regular file; point the config at the NIfTI image itself")
+    unreadable = f"{path}: not a readable NIfTI image ({{}}); re-download or re-export it"
     try:
-        header_img = nib.load(path)
-        n_values = int(np.prod(header_img.shape, dtype=np.float64))
+        img = nib.load(path)  # the header only: the data are read below, once
+        n_values = int(np.prod(img.shape, dtype=np.float64))
     except Exception as exc:  # noqa: BLE001
-        raise DataError(f"{path}: not a readable NIfTI image ({type(exc).__name__}); re-download or re-export it") from None
+        raise DataError(unreadable.format(type(exc).__name__)) from None
     if n_values > 4e9:  # 16 GB as float32: more than any run this machine could hold (the header is likely broken)
-        raise DataError(f"{path}: the header claims {header_img.shape} values ({n_values:.3g}); the header is "
+        raise DataError(f"{path}: the header claims {img.shape} values ({n_values:.3g}); the header is "
                         "broken or the image is far too large; re-export it")
-    try:
-        img = nib.load(path)
-        if read_data:
+    if read_data:
+        try:
             img.get_fdata(dtype=np.float32)  # force a full read so truncation shows here
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f"{path}: not a readable NIfTI image ({type(exc).__name__}); re-download or re-export it") from None
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(unreadable.format(type(exc).__name__)) from None
     affine = np.asarray(img.affine, dtype=float)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise DataError(f"{path}: the image's affine (voxel-to-world matrix) is "

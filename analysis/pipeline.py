@@ -67,7 +67,7 @@ def run(config: Config | str | Path | None = None, *, force: bool = False) -> Re
     if not isinstance(config, Config):
         config = load_config(config)
     out = Path(config.output.dir).resolve()
-    cache = _cache_dir(config)
+    cache = cache_dir(config)
     outputs.check_output_dir(out, _project_dirs())
     outputs.check_cache_dir(cache, out)
     _check_writable(out)
@@ -138,8 +138,9 @@ def check(config: Config | str | Path | None = None) -> str:
     if not isinstance(config, Config):
         config = load_config(config)
     out = Path(config.output.dir).resolve()
+    cache = cache_dir(config)
     outputs.check_output_dir(out, _project_dirs())
-    outputs.check_cache_dir(cache_dir(config), out)
+    outputs.check_cache_dir(cache, out)
     if out.exists():
         outputs.check_owned(out)
     if config.data.dataset == "statmap":
@@ -147,7 +148,6 @@ def check(config: Config | str | Path | None = None) -> str:
 
         sm = load_statmap(config)
         return f"{sm.path}: {sm.stat} map, {int(np.count_nonzero(np.asarray(sm.mask_img.dataobj)))} voxels in the mask"
-    cache = cache_dir(config)
     run = data.load_run(config, cache_dir=cache)
     data.read_bold(run)  # a truncated or corrupt run, or a mask on another grid, is named here
     _check_t_r(run, config)
@@ -196,8 +196,6 @@ def cache_dir(config: Config) -> Path:
     return (cache if cache.is_absolute() else Path(config.output.dir) / cache).resolve()
 
 
-_cache_dir = cache_dir
-
 
 def _check_writable(out: Path) -> None:
     try:
@@ -221,7 +219,7 @@ def _valid_cached(config: Config, out: Path) -> Results | None:
             return None  # the real data has appeared since the fallback
         if not all(Path(entry["path"]).exists() for entry in files.values()):
             return None
-        checksums = _checksums({n: e["path"] for n, e in files.items()}, _cache_dir(config))
+        checksums = _checksums({n: e["path"] for n, e in files.items()}, cache_dir(config))
         if stored["cache_key"] != compute_cache_key(config, checksums):
             return None
         results = Results.from_dict(stored, output_dir=out)
@@ -309,7 +307,7 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
         return results
 
     _step("loading data")
-    run = data.load_run(config, cache_dir=_cache_dir(config))
+    run = data.load_run(config, cache_dir=cache_dir(config))
     if run.is_fallback:
         log.warning("THIS REPORT USES SIMULATED DATA: %s", run.fallback_reason)
     t_r_header = _check_t_r(run, config)
@@ -325,7 +323,7 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     _step("reading the run: brain mask and one voxel-by-time matrix")
     matrix = data.read_bold(run)  # the one read of the run: every stage below works from it or from the model
     # the input checksums; the run's file was hashed as it was read
-    checksums = _checksums(dict(sorted(run.files.items())), _cache_dir(config), known=matrix.file_sha256)
+    checksums = _checksums(dict(sorted(run.files.items())), cache_dir(config), known=matrix.file_sha256)
     key = compute_cache_key(config_key, checksums)
     if run is raw:
         _data_figures(w, raw, matrix)
@@ -433,7 +431,7 @@ def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
     smooth_files = {f"{key}:{Path(f).name}": str(_existing(f, f"statmap.{key}"))  # in the cache key, as the map
                     for key, f in (("rpv", config.statmap.rpv), ("smoothness_file", config.statmap.smoothness_file))
                     if f}
-    checksums = _checksums({name: sm.path, **smooth_files}, _cache_dir(config))
+    checksums = _checksums({name: sm.path, **smooth_files}, cache_dir(config))
     key = compute_cache_key(config, checksums)
     w = _Writer(stage, pool)
     bg_img = MNI_BACKGROUND

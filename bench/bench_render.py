@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from rendered import SOURCES, _config  # noqa: E402  (the render tests' project copy and config)
+from rendered import _config, copy_sources  # noqa: E402  (the render tests' project copy and config)
 
 PROJECT = Path(__file__).resolve().parents[1]
 EDITED = "chapters/02-methods.qmd"
@@ -119,17 +119,6 @@ def _run(cmd, cwd, env) -> tuple[float, str]:
     return seconds, proc.stdout + proc.stderr
 
 
-def _copy(dest: Path) -> Path:
-    for name in SOURCES:
-        src = PROJECT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        else:
-            shutil.copy2(src, dest / name)
-    (dest / "figures").mkdir()
-    return dest
-
-
 def _edit_one_word(project: Path, n: int) -> None:
     path = project / EDITED
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -159,7 +148,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     quarto = _quarto()
     with tempfile.TemporaryDirectory(prefix="bench-render-") as tmp:
-        project = _copy(Path(tmp))
+        project = copy_sources(Path(tmp))
         config = _config(project, args.profile)
         env = {**os.environ, "ANALYSIS_CONFIG": str(config), "MPLBACKEND": "Agg",
                "PATH": f"{Path(quarto).parent}{os.pathsep}{os.environ.get('PATH', '')}"}

@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_report import _rss_kb, _tree  # PSS of a process, and its tree (one copy for both benchmarks)
+
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = "MNI152NLin2009cAsym"
 SIZES = {  # name: (shape, n_scans, t_r, voxel size mm, affine origin)
@@ -190,32 +192,6 @@ def project_config(info: dict, out: Path, project: Path) -> Path:
 
 # ----------------------------------------------------------------------------- timing
 
-def _pss_kb(pid: int) -> int:
-    for path, key in ((f"/proc/{pid}/smaps_rollup", "Pss:"), (f"/proc/{pid}/status", "VmRSS:")):
-        try:
-            with open(path) as fh:
-                for line in fh:
-                    if line.startswith(key):
-                        return int(line.split()[1])
-        except OSError:
-            continue
-    return 0
-
-
-def _tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as fh:
-                    todo += [int(c) for c in fh.read().split()]
-        except OSError:
-            continue
-    return out
-
-
 def timed(cmd: list[str], env: dict, cwd: Path) -> tuple[float, int]:
     """Wall time (s) and peak summed PSS (bytes) of the process tree of ``cmd``."""
     t0 = time.perf_counter()
@@ -225,7 +201,7 @@ def timed(cmd: list[str], env: dict, cwd: Path) -> tuple[float, int]:
     def sample():
         nonlocal peak
         while proc.poll() is None:
-            peak = max(peak, sum(_pss_kb(p) for p in _tree(proc.pid)))
+            peak = max(peak, sum(_rss_kb(p) for p in _tree(proc.pid)))
             time.sleep(0.05)
 
     th = threading.Thread(target=sample, daemon=True)
