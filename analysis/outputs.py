@@ -117,6 +117,10 @@ def check_owned(out: Path) -> None:
             if rel == "figures/.gitignore" and not path.is_symlink() and _read(path) == GITIGNORE:
                 continue
             known = owned.get(rel)
+            if not owned and (out / "results" / "results.json").is_file() and not path.is_symlink():
+                raise OutputError(f"{folder}: outputs of an older version of this project (before 0.3.0, without "
+                                  f"{MANIFEST}), which cannot tell its files from yours; move or delete "
+                                  f"{', '.join(OUTPUT_FOLDERS)} under {out} once, or set output.dir to another folder")
             if path.is_symlink() or not known:
                 raise OutputError(f"{path}: not written by this project, and publishing would replace "
                                   f"{folder}; move the file out of it, or set output.dir to another folder")
@@ -203,15 +207,14 @@ def remove_stale(out: Path) -> None:
     """Delete staging and old-generation folders left by a killed run (only folders carrying our marker)."""
     for prefix in (_STAGE_PREFIX, _TRASH_PREFIX):
         for folder in out.glob(f"{prefix}*"):
-            if folder.is_dir() and not folder.is_symlink() and (folder / _MARKER).is_file():
-                shutil.rmtree(folder, ignore_errors=True)
-            elif folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+            discard(folder)
+            if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
                 folder.rmdir()  # killed between its creation and its marker: empty
 
 
 def discard(folder: Path) -> None:
-    """Delete a staging or old-generation folder of ours."""
-    if folder.is_dir() and (folder / _MARKER).is_file():
+    """Delete a staging or old-generation folder of ours (one carrying our marker; never a link)."""
+    if folder.is_dir() and not folder.is_symlink() and (folder / _MARKER).is_file():
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -238,6 +238,19 @@ def test_user_files_in_output_folders_survive(tmp_path, bids_root):
     assert not list(out.glob(".analysis-*"))
 
 
+def test_outputs_of_a_version_without_manifest_are_named_as_such(tmp_path, bids_root):
+    out = tmp_path / "old"
+    for folder in ("results", "figures"):
+        (out / folder).mkdir(parents=True)
+    (out / "results" / "results.json").write_text("{}")
+    (out / "figures" / "contrast-listening_desc-glass_statmap.png").write_bytes(b"old figure")
+    before = _tree(out)
+    code, err = _main("--config", str(bids_config(out, bids_root)))
+    line = _one_line_error(err)
+    assert code == 2 and "outputs of an older version of this project" in line and "output.dir" in line
+    assert _tree(out) == {**before, "analysis.toml": (out / "analysis.toml").read_bytes()}
+
+
 def test_edited_output_file_is_not_replaced(tmp_path, bids_root):
     out = tmp_path / "out"
     cfg = bids_config(out, bids_root)
