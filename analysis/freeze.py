@@ -133,8 +133,9 @@ def _stamp_file(config_file: Path | None) -> Path:
     from .config import OutputConfig, read_toml
 
     table = read_toml(config_file).get("output", {}) if config_file else {}
-    out = Path(table.get("dir", OutputConfig.dir))
-    cache = Path(table.get("cache_dir", OutputConfig.cache_dir))
+    defaults = OutputConfig()
+    out = Path(table.get("dir", defaults.dir))
+    cache = Path(table.get("cache_dir", defaults.cache_dir))
     return (cache if cache.is_absolute() else out / cache).resolve() / PRERENDER_STAMP
 
 

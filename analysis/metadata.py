@@ -25,26 +25,29 @@ scripts, so the title page of the HTML, PDF and Word outputs always matches the 
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 import platform
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import pandas as pd
 import yaml
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StrictStr, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
+
+from .config import ConfigError, describe_validation_error, read_config_file
 
 if TYPE_CHECKING:
     from .results import Results
 
-__all__ = ["Author", "ReportMetadata", "MetadataError", "from_toml", "to_quarto", "write_quarto_metadata",
-           "METADATA_FILE", "DEFAULT_TITLE", "provenance", "input_files", "shared_files"]
+__all__ = ["Author", "ReportMetadata", "MetadataError", "validate_report", "from_toml", "to_quarto",
+           "write_quarto_metadata", "METADATA_FILE", "DEFAULT_TITLE", "provenance", "input_files", "shared_files"]
 
 METADATA_FILE = Path("_report-metadata.yml")
 DEFAULT_TITLE = "Listening vs rest: a first-level fMRI report"
@@ -54,12 +57,17 @@ _EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-
 _CITE_ESCAPED = re.compile(r"(^|[\s(;])\\@(?=[A-Za-z0-9_])")  # an escaped bare @citekey in the abstract
 
 
-class MetadataError(ValueError):
+class MetadataError(ConfigError):
     """A ``[report]`` value that cannot be used; the message names the file, the key and the fix."""
 
 
-@dataclass(frozen=True)
-class Author:
+class _Table(BaseModel):
+    """A table of ``[report]``: immutable, strict types, no unknown keys, surrounding spaces stripped."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, str_strip_whitespace=True)
+
+
+class Author(_Table):
     """One author: a name, optionally an affiliation, an ORCID iD and an e-mail address."""
 
     name: str
@@ -67,6 +75,28 @@ class Author:
     orcid: str = ""  # bare iD, 0000-0002-1825-0097 (an https://orcid.org/ prefix is stripped)
     email: str = ""
     corresponding: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value:
+            raise ValueError("every [[report.authors]] entry needs a non-empty name; write name = \"...\"")
+        return value
+
+    @field_validator("orcid")
+    @classmethod
+    def _bare_orcid(cls, value: str) -> str:
+        m = _ORCID_RE.match(value)
+        return m.group(1) if m else value  # checked below, where the message can name the author
+
+    @model_validator(mode="after")
+    def _ids(self) -> "Author":
+        if self.orcid and not orcid_is_valid(self.orcid):
+            raise ValueError(f"ORCID iD {self.orcid!r} of {self.name} is not valid (format "
+                             "0000-0002-1825-0097, last character is a checksum); copy it from orcid.org")
+        if self.email and not _EMAIL_RE.match(self.email):
+            raise ValueError(f"e-mail {self.email!r} of {self.name} is not an address; write it as name@example.org")
+        return self
 
     def to_quarto(self) -> dict[str, Any]:
         """Quarto's author schema (``name``, ``orcid``, ``email``, ``affiliations``)."""
@@ -84,61 +114,62 @@ class Author:
         return out
 
 
-@dataclass(frozen=True)
-class ReportMetadata:
-    """What the title page shows; immutable, validated on creation."""
+class ReportMetadata(_Table):
+    """What the title page shows (the ``[report]`` table); immutable, validated on creation.
+
+    ``source`` (the file it came from) is not a field; :func:`validate_report` sets it.
+    """
 
     title: str = DEFAULT_TITLE
-    authors: tuple[Author, ...] = (Author("The analysis team"),)
+    authors: Annotated[tuple[Author, ...], Field(strict=False)] = (Author(name="The analysis team"),)
     abstract: str = ""
-    keywords: tuple[str, ...] = ()
-    source: str = "defaults"  # the file this came from, for error messages
+    keywords: Annotated[tuple[StrictStr, ...], Field(strict=False, examples=[["fMRI", "GLM"]])] = ()
 
-    def __post_init__(self):
-        where = self.source
-        if not isinstance(self.title, str) or not self.title.strip():
-            raise MetadataError(f"{where}: report.title must be a non-empty string")
-        if not self.authors:
-            raise MetadataError(f"{where}: [report] needs at least one [[report.authors]] entry with a name")
-        for a in self.authors:
-            if not a.name.strip():
-                raise MetadataError(f"{where}: every [[report.authors]] entry needs a non-empty name")
-            if a.orcid and not orcid_is_valid(a.orcid):
-                raise MetadataError(f"{where}: ORCID iD {a.orcid!r} of {a.name} is not valid (format "
-                                    "0000-0002-1825-0097, last character is a checksum); copy it from orcid.org")
-            if a.email and not _EMAIL_RE.match(a.email):
-                raise MetadataError(f"{where}: e-mail {a.email!r} of {a.name} is not an address")
-        if len(set(self.keywords)) != len(self.keywords):
-            raise MetadataError(f"{where}: report.keywords lists a keyword twice")
+    _source: str = PrivateAttr("defaults")
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @field_validator("title")
+    @classmethod
+    def _title(cls, value: str) -> str:
+        if not value:
+            raise ValueError("report.title must be a non-empty string; write the report's title")
+        return value
+
+    @field_validator("authors")
+    @classmethod
+    def _authors(cls, value: tuple[Author, ...]) -> tuple[Author, ...]:
+        if not value:
+            raise ValueError("[report] needs at least one [[report.authors]] entry with a name")
+        return value
+
+    @field_validator("keywords")
+    @classmethod
+    def _keywords(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not all(value):
+            raise ValueError("report.keywords holds an empty keyword; remove it")
+        if len(set(value)) != len(value):
+            raise ValueError("report.keywords lists a keyword twice; remove the repeat")
+        return value
+
+    @model_validator(mode="after")
+    def _remember_source(self, info: ValidationInfo) -> "ReportMetadata":
+        if info.context and "source" in info.context:
+            self._source = str(info.context["source"])
+        return self
+
+    def __eq__(self, other: object) -> bool:  # the values only, wherever they came from
+        if not isinstance(other, ReportMetadata):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in type(self).model_fields)
+
+    __hash__ = None  # type: ignore[assignment]
 
     @property
     def author_names(self) -> list[str]:
         return [a.name for a in self.authors]
-
-    @classmethod
-    def from_dict(cls, table: dict[str, Any], source: str = "config") -> "ReportMetadata":
-        """Build from the ``[report]`` table (as read from TOML); unknown keys get the closest valid name."""
-        if not isinstance(table, dict):
-            raise MetadataError(f"{source}: [report] must be a table")
-        _check_keys(table, ("title", "authors", "abstract", "keywords"), "report.", source)
-        kwargs: dict[str, Any] = {"source": source}
-        for key in ("title", "abstract"):
-            if key in table:
-                if not isinstance(table[key], str):
-                    raise MetadataError(f"{source}: report.{key} must be a string, not {table[key]!r}")
-                kwargs[key] = table[key].strip()
-        if "keywords" in table:
-            kw = table["keywords"]
-            if not isinstance(kw, list) or not all(isinstance(k, str) and k.strip() for k in kw):
-                raise MetadataError(f"{source}: report.keywords must be a list of strings, e.g. [\"fMRI\", \"GLM\"]")
-            kwargs["keywords"] = tuple(k.strip() for k in kw)
-        if "authors" in table:
-            raw = table["authors"]
-            if not isinstance(raw, list) or not all(isinstance(a, dict) for a in raw):
-                raise MetadataError(f"{source}: report.authors must be a list of tables; write one "
-                                    "[[report.authors]] block per author with name = \"...\"")
-            kwargs["authors"] = tuple(_author(a, source) for a in raw)
-        return cls(**kwargs)
 
 
 def orcid_is_valid(orcid: str) -> bool:
@@ -154,28 +185,21 @@ def orcid_is_valid(orcid: str) -> bool:
     return digits[-1] == ("X" if check == 10 else str(check))
 
 
-def _author(d: dict[str, Any], source: str) -> Author:
-    _check_keys(d, ("name", "affiliation", "orcid", "email", "corresponding"), "report.authors.", source)
-    if not isinstance(d.get("name"), str):
-        raise MetadataError(f"{source}: every [[report.authors]] entry needs name = \"...\"")
-    for key in ("affiliation", "orcid", "email"):
-        if key in d and not isinstance(d[key], str):
-            raise MetadataError(f"{source}: report.authors.{key} must be a string, not {d[key]!r}")
-    if "corresponding" in d and not isinstance(d["corresponding"], bool):
-        raise MetadataError(f"{source}: report.authors.corresponding must be true or false")
-    orcid = d.get("orcid", "").strip()
-    m = _ORCID_RE.match(orcid)
-    return Author(name=d["name"].strip(), affiliation=d.get("affiliation", "").strip(),
-                  orcid=m.group(1) if m else orcid, email=d.get("email", "").strip(),
-                  corresponding=d.get("corresponding", False))
+def validate_report(data: Mapping[str, Any], source: str = "config") -> ReportMetadata:
+    """The ``[report]`` table of a parsed config file (:func:`analysis.config.read_config_file`).
 
+    ``data`` is the whole file: the analysis sections are ignored, a file without ``[report]`` gives the defaults.
 
-def _check_keys(d: dict, known: tuple[str, ...], prefix: str, source: str) -> None:
-    for key in d:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-            hint = f"did you mean '{prefix}{close[0]}'?" if close else f"valid keys: {', '.join(known)}"
-            raise MetadataError(f"{source}: unknown key '{prefix}{key}'; {hint}")
+    Raises
+    ------
+    MetadataError
+        One line naming the file, the key and the fix.
+    """
+    table = data.get("report", {})
+    try:
+        return ReportMetadata.model_validate(table, context={"source": source})
+    except ValidationError as exc:
+        raise MetadataError(describe_validation_error(exc, source, ReportMetadata, prefix="report.")) from None
 
 
 def from_toml(path: str | Path | None = None) -> ReportMetadata:
@@ -196,15 +220,7 @@ def from_toml(path: str | Path | None = None) -> ReportMetadata:
     MetadataError
         One line naming the file, the key and the fix.
     """
-    from .config import config_path, read_toml
-
-    path = config_path(path)
-    if path is None:
-        return ReportMetadata()
-    data = read_toml(path, MetadataError)
-    if "report" not in data:
-        return ReportMetadata(source=str(path))
-    return ReportMetadata.from_dict(data["report"], source=str(path))
+    return validate_report(*read_config_file(path, MetadataError))
 
 
 def to_quarto(meta: ReportMetadata, *, simulated: bool = False, subtitle: str = "") -> dict[str, Any]:
@@ -293,7 +309,7 @@ def input_files(res: "Results") -> pd.DataFrame:
 
 def config_json(res: "Results") -> str:
     """The full configuration as a fenced JSON block (Markdown)."""
-    return "```json\n" + json.dumps(res.config.to_dict(), indent=2) + "\n```"
+    return "```json\n" + json.dumps(res.config.model_dump(mode="json"), indent=2) + "\n```"
 
 
 # ----------------------------------------------------------------------------- shared outputs (downloads)

@@ -32,7 +32,7 @@ def test_simulated_run_loads_with_truth(tmp_path):
     from analysis.config import Config
     from analysis.data import load_run
 
-    cfg = Config.from_dict({"data": {"dataset": "simulated"}, "output": {"dir": str(tmp_path)}})
+    cfg = Config.model_validate({"data": {"dataset": "simulated"}, "output": {"dir": str(tmp_path)}})
     run = load_run(cfg, cache_dir=tmp_path / "cache")
     assert run.is_simulated and not run.is_fallback and run.truth is not None
     assert run.bold_img.shape[3] == 84 and run.space.startswith("MNI")
@@ -47,7 +47,7 @@ def test_unfetchable_real_data_falls_back_or_errors(tmp_path, monkeypatch):
         raise ConnectionError("no route to host")
 
     monkeypatch.setattr(data, "_load_spm_auditory", no_network)
-    cfg = Config.from_dict({"output": {"dir": str(tmp_path)}})
+    cfg = Config.model_validate({"output": {"dir": str(tmp_path)}})
     run = data.load_run(cfg, cache_dir=tmp_path / "cache")
     assert run.is_simulated and "could not be fetched" in run.fallback_reason
     strict = cfg.replace(data={"fallback_to_simulated": False})

@@ -297,7 +297,7 @@ def test_colophon_records_commit_platform_date_versions_and_config(sim_results, 
     for pkg, version in sim_results.versions.items():
         assert re.search(rf"\|\s*{re.escape(pkg)}\s*\|\s*{re.escape(version)}\s*\|", text), pkg
     config = json.loads(re.search(r"```json\n(.*?)\n```", text, re.S).group(1))
-    assert config == sim_results.config.to_dict()
+    assert config == sim_results.config.model_dump(mode="json")
 
 
 # ----------------------------------------------------------------------------- shareable maps

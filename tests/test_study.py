@@ -14,11 +14,11 @@ from analysis.study import run_study, simulate_study, study_runs
 
 
 def _config(root) -> Config:
-    return Config.from_dict({
+    return Config.model_validate({
         "data": {"dataset": "bids"},
         "bids": {"root": str(root), "task": "listening", "space": "MNI152NLin2009aSym"},
         "calibration": {"enabled": False}, "dmn": {"enabled": False},
-    }, source="study-test")
+    }, context={"source": "study-test"})
 
 
 @pytest.fixture(scope="module")
