@@ -1,7 +1,15 @@
-"""Command line: ``python -m analysis [--config analysis.toml] [--force]``.
+"""Command line: ``fmri-report <command>`` (also ``python -m analysis``).
 
-Runs the analysis with progress on the console and exits non-zero with a one-line
-message on bad input.
+Commands::
+
+    fmri-report run [--config F] [--force] [--dataset D] [--verbose]   compute (or read the cached results)
+    fmri-report check [--config F]                                     validate config, [report], inputs; fit nothing
+    fmri-report redraw [--config F]                                    redraw the figures from the saved results
+    fmri-report render [--config F] [quarto args...]                   run, then ``quarto render`` with the args
+
+Without a command the flags of earlier versions work as they did: ``python -m analysis [--config F] [--force]
+[--dataset D] [--check] [--prerender] [-q] [-v]`` (``--check`` is ``check``, otherwise ``run``; ``--prerender`` is
+Quarto's pre-render hook). Bad input exits with status 2 and a one-line message, before any computation.
 """
 
 from __future__ import annotations
@@ -10,30 +18,83 @@ import argparse
 import logging
 import sys
 
-from .config import ConfigError, load_config
+from .config import DATASETS, ConfigError, read_config_file, validate_config
+
+COMMANDS = ("run", "check", "redraw", "render")
+QUARTO_MISSING = ("quarto not found on PATH; install Quarto >= 1.5 (https://quarto.org/docs/get-started/) "
+                  "or add the folder holding the quarto command to PATH")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", "-c", default=None, help="TOML config (default: analysis.toml)")
-    parser.add_argument("--dataset", choices=["spm_auditory", "simulated", "bids", "statmap"],
-                        help="override data.dataset")
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser: the commands, and the flags of ``python -m analysis`` without a command."""
+    from . import __version__
+
+    if prog is None:
+        prog = "python -m analysis" if sys.argv and sys.argv[0].endswith("__main__.py") else "fmri-report"
+    parser = argparse.ArgumentParser(
+        prog=prog, description="First-level fMRI analysis behind the Quarto report.",
+        epilog=f"Without a command: run (or check, with --check). '{prog} <command> --help' shows a command's flags.")
+    parser.add_argument("--version", action="version", version=f"analysis {__version__}")
+    # the flags of earlier versions (no command); every command's flags use the same names
+    parser.add_argument("--config", "-c", default=None, help="TOML config (default: $ANALYSIS_CONFIG or analysis.toml)")
+    parser.add_argument("--dataset", choices=DATASETS, help="override data.dataset")
     parser.add_argument("--force", action="store_true", help="recompute even if cached results are valid")
-    parser.add_argument("--check", action="store_true",
-                        help="validate the config, report metadata, inputs, events and contrasts; fit nothing")
+    parser.add_argument("--check", action="store_true", help="validate only, fit nothing (the check command)")
     parser.add_argument("--prerender", action="store_true",
                         help="Quarto pre-render hook: run (cached), write _report-metadata.yml, keep _freeze/ in step")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress messages")
     parser.add_argument("--verbose", "-v", action="store_true", help="also show the libraries' own warnings")
-    from . import __version__
 
-    parser.add_argument("--version", action="version", version=f"analysis {__version__}")
-    args = parser.parse_args(argv)
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="{" + ",".join(COMMANDS) + "}")
+    # (defaults are SUPPRESS: a flag given before the command keeps its value)
+    config = dict(default=argparse.SUPPRESS, help="TOML config (default: $ANALYSIS_CONFIG or analysis.toml)")
+    quiet = dict(action="store_true", default=argparse.SUPPRESS, help="no progress messages")
+    verbose = dict(action="store_true", default=argparse.SUPPRESS, help="also show the libraries' own warnings")
+    run = commands.add_parser("run", help="compute the analysis (or read the cached results)",
+                              description="Compute the analysis, or read the cached results when they are valid.")
+    check = commands.add_parser("check", help="validate the config, [report], inputs, events and contrasts",
+                                description="Validate the config, the [report] table, the inputs, the events and "
+                                            "the contrasts against the design; fit nothing, write nothing.")
+    redraw = commands.add_parser("redraw", help="redraw the figures from the saved results",
+                                 description="Redraw the figures from the saved derivatives, without refitting.")
+    render = commands.add_parser("render", allow_abbrev=False, help="run, then quarto render (extra args go to quarto)",
+                                 description="Run the analysis, then 'quarto render' with every other argument "
+                                             "passed through (e.g. --to html, --profile statmap).")
+    for sub in (run, check, redraw, render):
+        sub.add_argument("--config", "-c", **config)
+    for sub in (run, check):
+        sub.add_argument("--dataset", choices=DATASETS, default=argparse.SUPPRESS, help="override data.dataset")
+    run.add_argument("--force", action="store_true", default=argparse.SUPPRESS,
+                     help="recompute even if cached results are valid")
+    for sub in (run, check, redraw):
+        sub.add_argument("--quiet", "-q", **quiet)
+        sub.add_argument("--verbose", "-v", **verbose)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if args.command and (args.check or args.prerender):
+        parser.error(f"--check and --prerender are flags without a command; use '{parser.prog} check' or drop them")
+    command = args.command or ("check" if args.check else "run")
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    if extra and command != "render":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.prerender and not args.force:
         summary = _unchanged_since_last_prerender(args)
         if summary is not None:
             print(summary)
             return 0
+    quarto = None
+    if command == "render":
+        import shutil
+
+        quarto = shutil.which("quarto")
+        if quarto is None:
+            print(f"error: {QUARTO_MISSING}", file=sys.stderr)
+            return 2
 
     from .pipeline import main_logging
 
@@ -41,17 +102,20 @@ def main(argv: list[str] | None = None) -> int:
         main_logging()
     _library_warnings(verbose=args.verbose)
     try:
-        from .metadata import from_toml
+        from .metadata import validate_report
 
-        meta = from_toml(args.config)  # the [report] table too, before anything is computed or replaced
-        config = load_config(args.config)
+        data, source = read_config_file(args.config)  # parsed once: the analysis sections and [report]
+        meta = validate_report(data, source)  # the [report] table too, before anything is computed or replaced
+        config = validate_config(data, source)
         if args.dataset:
             config = config.replace(data={"dataset": args.dataset})
-        if args.check:
+        if command == "check":
             from .pipeline import check
 
             print(f"ok: {check(config)}")
             return 0
+        if command == "redraw":
+            return _redraw(config)
         from .pipeline import run
 
         results = run(config, force=args.force)
@@ -69,15 +133,48 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
-    c = results.contrast()
-    p = c.primary
-    summary = (f"{results.dataset.dataset}{' (SIMULATED FALLBACK)' if results.dataset.fallback_reason else ''}: "
-               f"contrast {c.name}: {p.label}: {p.n_pos} positive / {p.n_neg} negative voxels, "
-               f"{len(c.peaks())} clusters; results in {results.path('results/results.json')}")
+    summary = _summary(results)
     print(summary)
     if args.prerender:
         _record_prerender(args, config, results, summary)
+    if command == "render":
+        return _render(quarto, args.config, extra)
     return 0
+
+
+def _summary(results) -> str:
+    c = results.contrast()
+    p = c.primary
+    return (f"{results.dataset.dataset}{' (SIMULATED FALLBACK)' if results.dataset.fallback_reason else ''}: "
+            f"contrast {c.name}: {p.label}: {p.n_pos} positive / {p.n_neg} negative voxels, "
+            f"{len(c.peaks())} clusters; results in {results.path('results/results.json')}")
+
+
+def _redraw(config) -> int:
+    """``redraw``: :func:`analysis.pipeline.redraw` (figures from the saved results, no refit), when it exists."""
+    from . import pipeline
+
+    redraw = getattr(pipeline, "redraw", None)  # HOOK: pipeline.redraw(config) is being written
+    if redraw is None:
+        print("error: redraw is not available in this version", file=sys.stderr)
+        return 2
+    out = redraw(config)
+    if out is not None:
+        print(_summary(out) if hasattr(out, "contrast") else out)
+    return 0
+
+
+def _render(quarto: str, config: str | None, extra: list[str]) -> int:
+    """``render``: ``quarto render <extra>``; the chapters and the pre-render hook read the same config."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    env = dict(os.environ)
+    if config is not None:
+        env["ANALYSIS_CONFIG"] = str(Path(config).resolve())
+    sys.stdout.flush()
+    return subprocess.run([quarto, "render", *extra], env=env).returncode
 
 
 def _prerender_args(args) -> list:
