@@ -218,7 +218,7 @@ def _save_prerender_stamp(args, config, results, summary: str) -> None:
     out = Path(config.output.dir).resolve()
     # (not the output folder itself: every run probes it for writing, and the title page is written into it)
     watched = [out / outputs.MANIFEST, *(out / rel for rel in (outputs.read_manifest(out) or {}))]
-    watched += [Path(entry["path"]) for entry in results.dataset.files.values()]
+    watched += [Path(entry.path) for entry in results.dataset.files.values()]
     if config.data.dataset == "spm_auditory":  # the real data appearing replaces a simulated fallback
         watched.append(Path(nilearn_data_dir(config) or Path.home() / "nilearn_data") / "spm_auditory" / "MoAEpilot"
                        / "sub-01")

@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from .serial import JSON_CONFIG
 from .text import fmt_pct
 
 __all__ = [
@@ -129,6 +130,8 @@ class FetchAttempt:
 class AtlasStatus:
     """Whether an atlas could be loaded in this run, and what it holds (nominal values if not loaded)."""
 
+    __pydantic_config__ = JSON_CONFIG  # NaN and inf survive JSON (analysis.serial)
+
     key: str
     title: str
     kind: str
@@ -144,19 +147,6 @@ class AtlasStatus:
     def status_text(self) -> str:
         """``"loaded"`` or ``"not available: <reason>"``."""
         return "loaded" if self.available else f"not available: {self.reason}"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "AtlasStatus":
-        d = dict(d)
-        att = d.get("attempt")
-        if att is not None:
-            att = dict(att)
-            att["searched"] = tuple(att.get("searched", ()))
-            d["attempt"] = FetchAttempt(**att)
-        return cls(**d)
 
 
 @dataclass(frozen=True)

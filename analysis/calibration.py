@@ -34,7 +34,7 @@ Examples
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # imported where used, so that the report can read a Calibrat
 
 from .noise import DEFAULT_NOISE_MODEL, DEFAULT_RHO_FWHM, NOISE_MODELS, NoiseModel, _blas_limited, \
     check_noise_model, estimate_rho, fit_first_level, model_data, t_contrast_z
+from .serial import JSON_CONFIG
 
 __all__ = ["THRESHOLDS", "TAIL_RATIO", "Calibration", "calibrate", "calibration_from_z", "empirical_null",
            "choose_null_shifts", "permuted_block_designs", "NullDesigns", "z_values"]
@@ -114,6 +115,8 @@ class Calibration:
     t_r : float
         Repetition time, to express the shifts in seconds.
     """
+
+    __pydantic_config__ = JSON_CONFIG  # NaN and inf survive JSON (analysis.serial)
 
     noise_model: str
     contrast: str
@@ -248,24 +251,6 @@ class Calibration:
     @property
     def sd_high(self) -> float:
         return 1 + self.tolerance
-
-    def to_dict(self) -> dict:
-        """Plain JSON-ready dict (tuples become lists)."""
-        def plain(v):
-            if isinstance(v, tuple):
-                return [plain(x) for x in v]
-            if isinstance(v, (np.floating, np.integer, np.bool_)):
-                return v.item()
-            return v
-        return {k: plain(v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Calibration:
-        """Inverse of :meth:`to_dict`."""
-        def frozen(v):
-            return tuple(frozen(x) for x in v) if isinstance(v, list) else v
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: frozen(v) for k, v in data.items() if k in names})
 
 
 # --------------------------------------------------------------------------------------------

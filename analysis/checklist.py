@@ -82,25 +82,25 @@ def checklist(res: Results) -> pd.DataFrame:
 
     # ---------------------------------------------------------------- preprocessing
     s = "Preprocessing"
-    pre = (res.extras.get("preprocessing") if isinstance(res.extras, dict) else None) or {}
-    ran = bool(pre.get("ran"))
-    q = pre.get("context", {}) if ran else {}
+    pre = res.preprocessing
+    ran = bool(pre and pre.ran and pre.context)
+    q = pre.context if ran else None
     if ran:
         add(s, "Analysis space", f"{ds.space}: the T1w image normalised to the MNI152 template with ANTs "
-            f"({q.get('normalisation', '?')}), the run resampled once onto the {q.get('target_resolution', '?')} mm grid")
+            f"({q.normalisation}), the run resampled once onto the {q.target_resolution:g} mm grid")
     else:
         add(s, "Analysis space", ds.space + ("" if ds.space.startswith("MNI") else " (no spatial normalisation)"))
     if ran:
-        add(s, "Motion correction", f"ANTs rigid realignment to the {q.get('realign_reference', '?')} volume; "
-            f"framewise displacement mean {q.get('mean_fd', 0):.3f} mm, max {q.get('max_fd', 0):.3f} mm, "
-            f"{q.get('n_above', 0)} volumes above {q.get('fd_threshold', 0.5):g} mm")
+        add(s, "Motion correction", f"ANTs rigid realignment to the {q.realign_reference} volume; "
+            f"framewise displacement mean {q.mean_fd:.3f} mm, max {q.max_fd:.3f} mm, "
+            f"{q.n_above} volumes above {q.fd_threshold:g} mm")
     elif sim:
         add(s, "Motion correction", "simulated data: no head motion", NOT_APPLICABLE)
     else:
-        add(s, "Motion correction", f"not run here ({pre.get('reason', 'no record')})" if pre else None, MISSING)
+        add(s, "Motion correction", f"not run here ({pre.reason or 'no record'})" if pre else None, MISSING)
     add(s, "Slice-timing correction", "simulated data" if sim else "not performed",
         NOT_APPLICABLE if sim else MISSING)
-    fwhm = float(q.get("smoothing_fwhm") or 0.0) if ran else m.smoothing_fwhm
+    fwhm = float(q.smoothing_fwhm or 0.0) if ran else m.smoothing_fwhm
     add(s, "Spatial smoothing", f"Gaussian kernel, {fwhm:g} mm FWHM" + (" (after normalisation)" if ran else "")
         if fwhm else "none (0 mm FWHM)")
     add(s, "Intensity scaling", "each voxel's time series divided by its mean (effects in % signal change)"

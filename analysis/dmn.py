@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 import nibabel as nib
 import numpy as np
@@ -41,6 +40,7 @@ import pandas as pd
 from . import atlas as _atlas
 from .atlas import AtlasStatus, LoadedAtlas, fetch_atlas, is_mni
 from .config import SEITZMAN_NETWORKS
+from .serial import JSON_CONFIG, Table
 from .noise import _blas_limited
 
 __all__ = ["PCC_SEED", "DEFAULT_NODE_RADIUS", "DMN_NETWORK", "CONTROL_NETWORK", "SEITZMAN_NETWORKS", "ROI_COLUMNS",
@@ -568,8 +568,28 @@ def thresholded_overlap(thresholded_img, dmn_mask_img, mask_img=None, *, sign: i
     return _overlap_of(supra, thresholded_img, threshold, dmn_mask_img, mask_img)
 
 
-def overlaps_by_threshold(thresholded: Mapping, dmn_mask_img, mask_img=None, *, sign: int = -1) -> list[dict]:
-    """:func:`thresholded_overlap` for every threshold of the results chapter, as plain dicts.
+@dataclass(frozen=True)
+class ThresholdOverlap:
+    """Overlap of one thresholded map of the results chapter (one sign) with the DMN mask."""
+
+    key: str
+    label: str
+    threshold_text: str
+    has_cutoff: bool
+    n_dmn: int
+    n_below: int  # supra-threshold voxels of that sign in the brain (the results chapter's count)
+    n_overlap: int
+    share_dmn_below: float | None
+    share_below_in_dmn: float | None
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def overlaps_by_threshold(thresholded: Mapping, dmn_mask_img, mask_img=None, *,
+                          sign: int = -1) -> list[ThresholdOverlap]:
+    """:func:`thresholded_overlap` for every threshold of the results chapter.
 
     Parameters
     ----------
@@ -578,19 +598,18 @@ def overlaps_by_threshold(thresholded: Mapping, dmn_mask_img, mask_img=None, *, 
 
     Returns
     -------
-    list of dict
-        One per threshold, in order: ``key``, ``label``, ``threshold_text``, ``has_cutoff``, ``n_dmn``,
-        ``n_below`` (supra-threshold voxels of that sign in the brain: the results chapter's count),
-        ``n_overlap``, ``share_dmn_below``, ``share_below_in_dmn`` (None when undefined).
+    list of ThresholdOverlap
+        One per threshold, in order (shares None when undefined).
     """
     out = []
     for key, (img, res) in thresholded.items():
         cut = sign * res.z_threshold if res.has_cutoff else math.nan
         ov = thresholded_overlap(img, dmn_mask_img, mask_img, sign=sign, threshold=cut)
-        out.append({"key": key, "label": res.label, "threshold_text": res.threshold_text,
-                    "has_cutoff": res.has_cutoff, "n_dmn": ov.n_dmn, "n_below": ov.n_suprathreshold,
-                    "n_overlap": ov.n_overlap, "share_dmn_below": _clean(ov.share_dmn_below),
-                    "share_below_in_dmn": _clean(ov.share_below_in_dmn)})
+        out.append(ThresholdOverlap(
+            key=key, label=res.label, threshold_text=res.threshold_text, has_cutoff=res.has_cutoff,
+            n_dmn=ov.n_dmn, n_below=ov.n_suprathreshold, n_overlap=ov.n_overlap,
+            share_dmn_below=_finite_or_none(ov.share_dmn_below),
+            share_below_in_dmn=_finite_or_none(ov.share_below_in_dmn)))
     return out
 
 
@@ -691,42 +710,11 @@ class SeedSummary:
 # the whole analysis
 # --------------------------------------------------------------------------------------------
 
-def _records(df: pd.DataFrame | None) -> dict | None:
-    if df is None:
-        return None
-    clean = df.astype(object).where(pd.notna(df), None)
-    return {"columns": [str(c) for c in df.columns], "records": clean.to_dict(orient="records")}
-
-
-def _frame(d: Mapping | None) -> pd.DataFrame | None:
-    if d is None:
-        return None
-    df = pd.DataFrame.from_records(d["records"], columns=d["columns"])
-    for col in df.columns:
-        if df[col].dtype == object:
-            conv = pd.to_numeric(df[col], errors="coerce")
-            if conv.notna().sum() == df[col].notna().sum() and df[col].notna().any():
-                df[col] = conv
-    return df
-
-
-def _clean(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
-def _nan(value):
-    return math.nan if value is None else value
-
-
 @dataclass(frozen=True)
 class DMNResult:
     """Everything the DMN chapter reports (no images; see :func:`analyse_dmn`)."""
+
+    __pydantic_config__ = JSON_CONFIG
 
     space: str
     applicable: bool
@@ -740,11 +728,11 @@ class DMNResult:
     network: NetworkTest | None = None
     network_schaefer: NetworkTest | None = None
     control_network: NetworkTest | None = None
-    nodes_table: pd.DataFrame | None = field(default=None, compare=False)
-    control_table: pd.DataFrame | None = field(default=None, compare=False)
+    nodes_table: Table | None = field(default=None, compare=False)
+    control_table: Table | None = field(default=None, compare=False)
     overlap: DMNOverlap | None = None
     seed: SeedSummary | None = None
-    atlas_table: pd.DataFrame | None = field(default=None, compare=False)
+    atlas_table: Table | None = field(default=None, compare=False)
     unavailable: dict[str, str] = field(default_factory=dict)
     control_name: str = ""  # the Seitzman network used as positive control ("" = none)
     control_choice: str = ""  # why that network (or none), for the prose
@@ -799,43 +787,6 @@ class DMNResult:
     def top_deactivated(self) -> list[dict]:
         """Up to three deactivated nodes as dicts (ROI, Label, X, Y, Z, Effect, t, q)."""
         return self.deactivated_nodes.head(3).to_dict(orient="records")
-
-    # ---- JSON ----
-    def to_dict(self) -> dict:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, pd.DataFrame) or (value is None and f.name.endswith("_table")):
-                out[f.name] = _records(value)
-            elif isinstance(value, (NetworkTest, DMNOverlap, SeedSummary)):
-                out[f.name] = _clean(asdict(value))
-            else:
-                out[f.name] = _clean(value)
-        return out
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "DMNResult":
-        d = dict(d)
-
-        def nt(v):
-            return None if v is None else NetworkTest(**{k: _nan(x) for k, x in v.items()})
-
-        def ov(v):
-            return None if v is None else DMNOverlap(**{k: _nan(x) for k, x in v.items()})
-
-        for key in ("network", "network_schaefer", "control_network"):
-            d[key] = nt(d.get(key))
-        d["overlap"] = ov(d.get("overlap"))
-        if d.get("seed") is not None:
-            s = dict(d["seed"])
-            d["seed"] = SeedSummary(seed=tuple(s["seed"]), radius=s["radius"], n_voxels=s["n_voxels"],
-                                    threshold=_nan(s["threshold"]), overlap=ov(s["overlap"]),
-                                    threshold_label=s.get("threshold_label", ""),
-                                    threshold_text=s.get("threshold_text", ""))
-        for key in ("nodes_table", "control_table", "atlas_table"):
-            d[key] = _frame(d.get(key))
-        d["alpha"] = _nan(d.get("alpha", 0.05))
-        return cls(**d)
 
 
 @_blas_limited

@@ -87,8 +87,9 @@ def contrast_vector(expression: str, design: pd.DataFrame, name: str = "",
 
 def contrast_matrix(contrasts: dict[str, str], design: pd.DataFrame) -> pd.DataFrame:
     """Contrasts x design columns weight table (for the contrast-matrix figure and the methods)."""
-    return pd.DataFrame({name: contrast_vector(expr, design) for name, expr in contrasts.items()},
-                        index=design.columns).T
+    table = pd.DataFrame({name: contrast_vector(expr, design) for name, expr in contrasts.items()},
+                         index=design.columns).T
+    return table.rename_axis(index="contrast", columns=None)
 
 
 def fit(bold_img, design: pd.DataFrame, config: Config, mask_img=None) -> FirstLevelModel:

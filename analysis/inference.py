@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .serial import JSON_CONFIG
+
 if TYPE_CHECKING:  # nilearn, nibabel, scipy and pandas are imported where used: results.py imports this module
     import nibabel as nib
     import pandas as pd
@@ -67,6 +69,8 @@ class ThresholdSpec:
 class ThresholdResult:
     """Outcome of one threshold on one z map."""
 
+    __pydantic_config__ = JSON_CONFIG  # NaN and inf survive JSON (analysis.serial)
+
     spec: ThresholdSpec
     z_threshold: float  # the cut-off actually applied (inf when nothing can survive, e.g. FDR)
     n_pos: int
@@ -99,21 +103,6 @@ class ThresholdResult:
             return "none: no voxel can pass"
         sym = "|z|" if self.spec.two_sided else "z"
         return f"{sym} > {self.z_threshold:.2f}"
-
-    def to_dict(self) -> dict:
-        return {"key": self.key, "label": self.label, "height_control": self.spec.height_control,
-                "alpha": self.spec.alpha, "threshold": self.spec.threshold,
-                "cluster_threshold": self.spec.cluster_threshold, "two_sided": self.spec.two_sided,
-                "z_threshold": None if not math.isfinite(self.z_threshold) else float(self.z_threshold),
-                "n_pos": self.n_pos, "n_neg": self.n_neg, "n_pos_clusters": self.n_pos_clusters,
-                "n_neg_clusters": self.n_neg_clusters, "n_mask": self.n_mask, "fwe_alpha": self.spec.fwe_alpha}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ThresholdResult":
-        spec = ThresholdSpec(d["key"], d["height_control"], d["alpha"], d["threshold"], d["cluster_threshold"],
-                             d["two_sided"], d.get("fwe_alpha"))
-        z = math.inf if d["z_threshold"] is None else d["z_threshold"]
-        return cls(spec, z, d["n_pos"], d["n_neg"], d["n_pos_clusters"], d["n_neg_clusters"], d["n_mask"])
 
 
 def threshold_specs(cfg: InferenceConfig, cluster_fwe_extent: int | None = None) -> list[ThresholdSpec]:

@@ -301,9 +301,9 @@ def input_files(res: "Results") -> pd.DataFrame:
     """The input files with their size and SHA-256 as recorded when the results were computed."""
     rows = []
     for name, entry in sorted(res.dataset.files.items()):
-        path = Path(entry["path"])
+        path = Path(entry.path)
         size = f"{path.stat().st_size:,}" if path.exists() else "missing"
-        rows.append({"Input file": name, "Size (bytes)": size, "SHA-256": entry["sha256"]})
+        rows.append({"Input file": name, "Size (bytes)": size, "SHA-256": entry.sha256})
     return pd.DataFrame(rows, columns=["Input file", "Size (bytes)", "SHA-256"])
 
 

@@ -29,7 +29,8 @@ import pandas as pd
 from . import __version__, data, outputs
 from .config import Config, ConfigError, load_config
 from .figures.parallel import figure_module
-from .results import ContrastResult, DatasetInfo, ModelInfo, Results, plain
+from .results import (AtlasInfo, CalibrationResults, ContrastResult, DatasetInfo, DMNAnalysis, DMNOverlapSummary,
+                      InputFile, ModelInfo, Preprocessing, PreprocessingContext, Results, StatmapInfo)
 
 __all__ = ["run", "check", "check_design", "cache_dir", "load_results", "OUTPUT_FOLDERS", "compute_cache_key",
            "code_fingerprint", "RENDER_ONLY"]
@@ -213,7 +214,8 @@ def _valid_cached(config: Config, out: Path) -> Results | None:
     if not path.exists():
         return None
     try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes()
+        stored = json.loads(text)
         files = stored["dataset"]["files"]
         if stored["dataset"]["fallback_reason"] and _spm_auditory_present(config):
             return None  # the real data has appeared since the fallback
@@ -222,7 +224,7 @@ def _valid_cached(config: Config, out: Path) -> Results | None:
         checksums = _checksums({n: e["path"] for n, e in files.items()}, cache_dir(config))
         if stored["cache_key"] != compute_cache_key(config, checksums):
             return None
-        results = Results.from_dict(stored, output_dir=out)
+        results = Results.from_text(text, output_dir=out)
     except (OSError, KeyError, ValueError, TypeError) as exc:
         log.warning("%s: cached results unreadable (%s); recomputing", path, exc)
         return None
@@ -295,7 +297,6 @@ def _compute(config: Config, stage: Path, out: Path) -> Results:
 
 
 def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
-    import nibabel as nib
 
     from . import glm  # nilearn.glm: imported before the figure workers fork, so they share it
 
@@ -315,9 +316,8 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     config_key = config
     config = config.replace(glm={"t_r": run.t_r})  # from here on the TR is the data's (checked above)
     w = _Writer(stage, pool)
-    extras: dict = {}
     raw = run  # as acquired: the data chapter describes it; preprocessing may move it to MNI space
-    run, extras["preprocessing"] = _preprocess(config, run, w)
+    run, preprocessing = _preprocess(config, run, w)
     if run is not raw:
         _data_figures(w, raw)  # drawn while the analysis goes on
     _step("reading the run: brain mask and one voxel-by-time matrix")
@@ -345,11 +345,9 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     maps = glm.compute_contrasts(model, design, config.contrasts, conditions)
     residual_dof = float(run.n_scans - np.linalg.matrix_rank(design.to_numpy()))
     rft_inference = _rft_from_model(config, model, mask_img, residual_dof)  # smoothness from the residuals
-    extras["rft"] = rft_inference.to_dict()
 
     bg_img = _background(run, matrix)
     atlases = _label_atlases(config, run.space)
-    extras["atlas"] = _atlas_info(atlases, run.space)
 
     _step("thresholding, cluster tables and map figures")
     contrast_results, thresholded = {}, {}
@@ -362,12 +360,13 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
 
     # the DMN step before the calibration: its figures are the heavier ones, and the drawing processes get them
     # while the calibration runs
+    dmn = calibration = None
     if config.dmn.enabled:
         first = next(iter(contrast_results.values()))
-        extras["dmn"] = _dmn(config, run, bold, design, maps[first.name], first, mask.mask_img, w, bg_img, model,
-                             thresholded[first.name])
+        dmn = _dmn(config, run, bold, design, maps[first.name], first, mask.mask_img, w, bg_img, model,
+                   thresholded[first.name])
     if config.calibration.enabled:
-        extras["calibration"] = _calibrate(config, bold, design, mask.mask_img, model, w, run)
+        calibration = _calibrate(config, bold, design, mask.mask_img, model, w, run)
 
     raw_bold = raw.bold_img
     if run is raw:
@@ -383,7 +382,7 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
         value_min=value_min, value_max=value_max, n_scans=run.n_scans, t_r=run.t_r,
         t_r_header=t_r_header, has_anat=raw.anat_img is not None, events=run.events, t_r_source=run.t_r_source,
         acquired_space=raw.space,
-        files={n: {"path": str(Path(p).resolve()), "sha256": checksums[n]} for n, p in sorted(run.files.items())})
+        files={n: InputFile(path=str(Path(p).resolve()), sha256=checksums[n]) for n, p in sorted(run.files.items())})
     drift_cols = [c for c in design.columns if c.startswith("drift") or c.startswith("cosine")]
     model_info = ModelInfo(
         noise_model=config.glm.noise_model, hrf_model=config.glm.hrf_model, drift_model=config.glm.drift_model,
@@ -395,7 +394,9 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
         mask_source=mask.source, n_excluded_nonfinite=mask.n_nonfinite, n_excluded_constant=mask.n_constant,
         contrast_matrix=cmat)
     results = Results(cache_key=key, config=config, dataset=dataset, model=model_info, contrasts=contrast_results,
-                      figures=w.figures, versions=_versions(), extras=extras, output_dir=str(out))
+                      figures=w.figures, versions=_versions(), atlas=_atlas_info(atlases, run.space),
+                      rft=rft_inference, preprocessing=preprocessing, dmn=dmn, calibration=calibration,
+                      output_dir=str(out))
     w.wait()
     (stage / RESULTS_FILE).write_text(results.to_json(), encoding="utf-8")
     log.info("analysis finished in %.1f s", time.perf_counter() - t0)
@@ -436,22 +437,17 @@ def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
     w = _Writer(stage, pool)
     bg_img = MNI_BACKGROUND
     atlases = _label_atlases(config, sm.space)
-    extras: dict = {"atlas": _atlas_info(atlases, sm.space),
-                    "statmap": {"path": sm.path, "stat": sm.stat, "dof": sm.dof, "source": sm.source,
-                                "coverage": sm.coverage, "conversion": sm.conversion}}
     rft_inference = _rft_from_statmap(config, sm)
-    extras["rft"] = rft_inference.to_dict() if rft_inference is not None else {
-        "available": False, "reason": "a statistical map has no residuals to estimate its smoothness from, and "
-                                      "none was given"}
     _step("thresholding, cluster tables and map figures")
     contrast, thresholded = _infer_contrast(
         w, config, sm.contrast, sm.contrast, sm.direction, sm.z_img, sm.mask_img, space=sm.space,
         atlases=atlases, bg_img=bg_img,
         extra_sidecar={"Source": sm.source, "SourceFile": name, "SourceStatistic": sm.stat,
                        "DegreesOfFreedom": sm.dof or None}, viewer=True, rft=rft_inference)
+    dmn_overlap = None
     if config.dmn.enabled:
         _step("overlap with the Default Mode Network")
-        extras["dmn_overlap"] = _dmn_overlap(config, sm.mask_img, contrast, w, bg_img, thresholded)
+        dmn_overlap = _dmn_overlap(config, sm.mask_img, contrast, w, bg_img, thresholded)
     src_img = nib.load(sm.path)
     src = np.asarray(src_img.dataobj, dtype=np.float64)
     finite = src[np.isfinite(src)]
@@ -463,9 +459,15 @@ def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
         dtype=str(src_img.get_data_dtype()), value_min=float(finite.min()), value_max=float(finite.max()),
         n_scans=0, t_r=0.0, t_r_header=0.0, has_anat=False,
         events=pd.DataFrame(columns=["onset", "duration", "trial_type"]),
-        files={name: {"path": sm.path, "sha256": checksums[name]}})
+        files={name: InputFile(path=sm.path, sha256=checksums[name])})
     results = Results(cache_key=key, config=config, dataset=dataset, model=None,
-                      contrasts={sm.contrast: contrast}, figures=w.figures, versions=_versions(), extras=extras,
+                      contrasts={sm.contrast: contrast}, figures=w.figures, versions=_versions(),
+                      atlas=_atlas_info(atlases, sm.space), rft=rft_inference,
+                      rft_reason="" if rft_inference is not None else (
+                          "a statistical map has no residuals to estimate its smoothness from, and none was given"),
+                      dmn_overlap=dmn_overlap,
+                      statmap=StatmapInfo(path=sm.path, stat=sm.stat, dof=sm.dof, source=sm.source,
+                                          coverage=sm.coverage, conversion=sm.conversion),
                       output_dir=str(out))
     w.wait()
     (stage / RESULTS_FILE).write_text(results.to_json(), encoding="utf-8")
@@ -475,10 +477,11 @@ def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
 def _rft_from_model(config: Config, model, mask_img, dof: float):
     """Random-field inference from the fitted model's whitened residuals (smoothness, resels, FWE thresholds)."""
     from . import rft
-    from .noise import model_residuals
+    from .noise import model_residual_rows
 
-    inf = config.inference
-    smoothness = rft.estimate_smoothness(model_residuals(model), mask_img, dof=dof, method=inf.smoothness_method)
+    inf = config.inference  # the residuals are computed plane by plane as the estimate reads them (never held whole)
+    smoothness = rft.estimate_smoothness(model_residual_rows(model), mask_img, dof=dof,
+                                         method=inf.smoothness_method)
     return rft.RFTInference.compute(smoothness, alpha=inf.alpha, cdt_alpha=inf.cdt_alpha, dof=dof,
                                     two_sided=inf.two_sided)
 
@@ -508,7 +511,7 @@ def _existing(path: str, key: str) -> Path:
     return p
 
 
-def _dmn_overlap(config: Config, mask_img, contrast: ContrastResult, w, bg_img, thresholded: dict) -> dict:
+def _dmn_overlap(config: Config, mask_img, contrast: ContrastResult, w, bg_img, thresholded: dict) -> DMNOverlapSummary:
     """Without time series, the DMN can only be compared with the map by overlap.
 
     The overlap is counted on the very thresholded maps of the results chapter (``thresholded``:
@@ -519,19 +522,14 @@ def _dmn_overlap(config: Config, mask_img, contrast: ContrastResult, w, bg_img, 
 
     defs = dmn_definitions(data.nilearn_data_dir(config), node_radius=config.dmn.node_radius, control_network=None)
     if defs.main_img is None:
-        return {"available": False, "reason": "no DMN atlas could be loaded", "source": defs.network_source}
+        return DMNOverlapSummary(available=False, reason="no DMN atlas could be loaded", source=defs.network_source)
     primary_img, primary = thresholded[contrast.primary_key]
     overlaps = overlaps_by_threshold(thresholded, defs.main_img, mask_img)
     w.draw(fdmn.plot_z_with_dmn_contours, primary_img, defs.main_img,
            w.fig("dmn.contours", f"contrast-{contrast.entity}_desc-dmncontours_statmap.png"),
            threshold=_display_cut(primary), bg_img=bg_img)
-    main = next(o for o in overlaps if o["key"] == contrast.primary_key)
-    return {"available": True, "source": defs.network_source, "threshold_key": primary.key,
-            "threshold_label": primary.label, "threshold_text": primary.threshold_text,
-            "has_cutoff": primary.has_cutoff, "z_threshold": primary.z_threshold if primary.has_cutoff else None,
-            "n_dmn": main["n_dmn"], "n_below": main["n_below"], "n_overlap": main["n_overlap"],
-            "share_dmn_below": main["share_dmn_below"], "share_below_in_dmn": main["share_below_in_dmn"],
-            "overlaps": overlaps}
+    return DMNOverlapSummary(available=True, source=defs.network_source, threshold=primary,
+                             overlaps=tuple(overlaps))
 
 
 def _display_cut(result) -> float:
@@ -572,13 +570,13 @@ class _Writer:
         return f"derivatives/{filename}"
 
 
-def _atlas_info(atlases, space: str) -> dict:
+def _atlas_info(atlases, space: str) -> AtlasInfo:
     """Caption and unavailable atlases of the label atlases, for the report."""
     if atlases is None:
-        return {"caption": "", "unavailable": {}, "space": space}
+        return AtlasInfo(space=space)
     from .atlas import label_caption, unavailable_atlases
 
-    return {"caption": label_caption(atlases, space), "unavailable": unavailable_atlases(atlases), "space": space}
+    return AtlasInfo(caption=label_caption(atlases, space), unavailable=unavailable_atlases(atlases), space=space)
 
 
 def _label_atlases(config: Config, space: str):
@@ -669,7 +667,7 @@ def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, dire
     if truth is not None:
         from . import simulate
 
-        recovery = plain({k: float(v) for k, v in simulate.recovery(thr["fdr"][0], truth).items()})
+        recovery = {k: float(v) for k, v in simulate.recovery(thr["fdr"][0], truth).items()}
     z = z_img.get_fdata()[np.asarray(mask_img.dataobj) > 0]
 
     return ContrastResult(
@@ -679,11 +677,10 @@ def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, dire
         recovery=recovery), thr
 
 
-def _preprocess(config: Config, run: data.Run, w: _Writer) -> tuple[data.Run, dict]:
+def _preprocess(config: Config, run: data.Run, w: _Writer) -> tuple[data.Run, Preprocessing]:
     """Bring a native-space run into MNI152 space (ANTs), with motion confounds and QC figures.
 
-    Returns the run to analyse and a plain dict for the report (``{"ran": False, "reason": ...}`` when
-    preprocessing did not run).
+    Returns the run to analyse and the record for the report (with the reason when preprocessing did not run).
     """
     import dataclasses
 
@@ -698,14 +695,14 @@ def _preprocess(config: Config, run: data.Run, w: _Writer) -> tuple[data.Run, di
     if cfg.mode == "off" or (cfg.mode == "auto" and run.space != "native"):
         why = ("it is switched off in the configuration, preprocessing.mode = \"off\"" if cfg.mode == "off"
                else f"the data are already in {run.space} space")
-        return run, {"ran": False, "reason": why, "space": run.space}
+        return run, Preprocessing(ran=False, reason=why, space=run.space)
     if run.anat_img is None:
         reason = "no anatomical image comes with the run, so it cannot be normalised to MNI152"
         if cfg.mode == "on":
             raise data.DataError(f"{next(iter(run.files.values()))}: {reason}; add a T1w image or set "
                                  "preprocessing.mode = \"off\"")
         log.warning("preprocessing skipped: %s", reason)
-        return run, {"ran": False, "reason": reason, "space": run.space}
+        return run, Preprocessing(ran=False, reason=reason, space=run.space)
     if cfg.smoothing_fwhm > 0 and config.glm.smoothing_fwhm > 0:
         raise data.DataError(f"{config.source}: both preprocessing.smoothing_fwhm and glm.smoothing_fwhm are set; "
                              "the data would be smoothed twice: set one of them to 0")
@@ -718,7 +715,7 @@ def _preprocess(config: Config, run: data.Run, w: _Writer) -> tuple[data.Run, di
         if cfg.mode == "on":
             raise data.DataError(f"{config.source}: preprocessing.mode = \"on\" but {reason}") from None
         log.warning("preprocessing skipped: %s; the analysis stays in native space", reason)
-        return run, {"ran": False, "reason": reason, "space": run.space}
+        return run, Preprocessing(ran=False, reason=reason, space=run.space)
 
     _step(f"preprocessing: realignment, coregistration, {cfg.normalisation} normalisation to MNI152, smoothing")
     params = pp.PreprocessParams(smoothing_fwhm=cfg.smoothing_fwhm or None, normalisation=cfg.normalisation,
@@ -744,15 +741,16 @@ def _preprocess(config: Config, run: data.Run, w: _Writer) -> tuple[data.Run, di
            fd_threshold=params.fd_threshold)
     w.derivative(pre.mean_img, f"space-{TEMPLATE_SPACE}_desc-mean_bold.nii.gz",
                  {"Description": "mean of the preprocessed run", "Space": TEMPLATE_SPACE})
-    info = {"ran": True, "space": TEMPLATE_SPACE, "native_space": run.space,
-            "context": plain(pre.context(motion_regressors=n_motion)), "qc": plain(pre.qc),
-            "timings": plain(pre.timings), "motion_confounds": list(confounds.columns) if n_motion else []}
+    info = Preprocessing(ran=True, space=TEMPLATE_SPACE, native_space=run.space,
+                         context=PreprocessingContext(**pre.context(motion_regressors=n_motion)),
+                         timings={k: float(v) for k, v in pre.timings.items()},
+                         motion_confounds=tuple(confounds.columns) if n_motion else ())
     new = dataclasses.replace(run, bold_img=pre.bold_img, anat_img=pre.anat_mni_img, mask_img=pre.mask_img,
                               space=TEMPLATE_SPACE, confounds=confounds)
     return new, info
 
 
-def _calibrate(config: Config, bold, design, mask_img, model, w, run=None) -> dict:
+def _calibrate(config: Config, bold, design, mask_img, model, w, run=None) -> CalibrationResults:
     """Calibration of the main contrast's z map (and of the reference noise model, for comparison).
 
     The null designs put the run's task blocks in another order and are rebuilt by the same design builder as
@@ -772,15 +770,14 @@ def _calibrate(config: Config, bold, design, mask_img, model, w, run=None) -> di
     main = calibrate(bold, design, mask_img, contrast=expr, t_r=config.glm.t_r, n_null=cal_cfg.n_null,
                      tolerance=cal_cfg.tolerance, model=model, **null_kw)
     w.draw(plot_calibration, main, w.fig("calibration", "desc-calibration_zdist.png"))
-    out = {"main": main.to_dict(), "reference": None, "contrast": name}
+    ref = None
     if cal_cfg.reference_model and cal_cfg.reference_model != config.glm.noise_model:
         _step(f"calibration of the reference {cal_cfg.reference_model} model")
         ref = calibrate(bold, design, mask_img, contrast=expr, t_r=config.glm.t_r, n_null=cal_cfg.reference_n_null,
                         tolerance=cal_cfg.tolerance, noise_model=cal_cfg.reference_model, data_model=model,
                         rho_fwhm=config.glm.rho_fwhm or None, **null_kw)  # reuses the main model's masked data
         w.draw(plot_calibration, ref, w.fig("calibration_reference", "desc-calibrationreference_zdist.png"))
-        out["reference"] = ref.to_dict()
-    return out
+    return CalibrationResults(contrast=name, main=main, reference=ref)
 
 
 def _control_network(config: Config, run) -> tuple[str | None, str]:
@@ -798,7 +795,7 @@ def _control_network(config: Config, run) -> tuple[str | None, str]:
 
 
 def _dmn(config: Config, run, bold, design, maps, contrast: ContrastResult, mask_img, w, bg_img, model=None,
-         thresholded: dict | None = None) -> dict:
+         thresholded: dict | None = None) -> DMNAnalysis:
     """The Default Mode Network analysis of the main contrast, its images and figures.
 
     Every count of the DMN chapter is taken from the results chapter's thresholded maps (``thresholded``:
@@ -821,14 +818,12 @@ def _dmn(config: Config, run, bold, design, maps, contrast: ContrastResult, mask
         node_radius=config.dmn.node_radius, seed_radius=config.dmn.seed_radius,
         compute_seed=config.dmn.seed_map, return_images=True, model=model, thresholded_img=primary_img,
         seed_threshold_spec=thr.spec, control_network=control, control_choice=control_choice)
-    out = {"result": result.to_dict(), "threshold_key": thr.key, "threshold_label": thr.label,
-           "threshold_text": thr.threshold_text, "has_cutoff": thr.has_cutoff,
-           "z_threshold": thr.z_threshold if thr.has_cutoff else None, "contrast_name": contrast.name}
     if not result.applicable:
-        return out
+        return DMNAnalysis(result=result, contrast_name=contrast.name, threshold=thr)
     ent = contrast.entity
+    overlaps = ()
     if images.get("dmn_mask") is not None:
-        out["overlaps"] = overlaps_by_threshold(thresholded, images["dmn_mask"], mask_img)
+        overlaps = tuple(overlaps_by_threshold(thresholded, images["dmn_mask"], mask_img))
         nib.save(images["dmn_mask"], w.stage / "derivatives" / "desc-dmn_mask.nii.gz")
         w.draw(fdmn.plot_dmn_map, images["dmn_mask"], fig("dmn.map", "desc-dmn_map.png"),
                schaefer_mask_img=images.get("schaefer_mask"))
@@ -850,7 +845,7 @@ def _dmn(config: Config, run, bold, design, maps, contrast: ContrastResult, mask
                fig("dmn.seed", "desc-pccseed_stat-z_statmap.png"),
                threshold=float(np.nextafter(result.seed.threshold, 0)) if np.isfinite(result.seed.threshold) else 1.0,
                dmn_mask_img=images.get("dmn_mask"), bg_img=bg_img)
-    return out
+    return DMNAnalysis(result=result, contrast_name=contrast.name, threshold=thr, overlaps=overlaps)
 
 
 def _check_t_r(run: data.Run, config: Config) -> float:

@@ -5,12 +5,14 @@ Everything here reads a :class:`~analysis.results.Results` and returns strings; 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from . import text
 from .results import ContrastResult, Results
 
 __all__ = ["methods", "results_text", "calibration", "calibration_text", "dmn", "dmn_text", "dmn_callout",
            "fallback_callout", "label_caption", "subtitle", "dataset_line", "figure", "statmap_text",
-           "dmn_overlap_text", "preprocessing_text", "preprocessing_section", "HRF_TEXT", "rft", "keywords_line"]
+           "dmn_overlap_text", "preprocessing_text", "DMNFacts", "dmn_facts", "dmn_table", "dmn_missing", "preprocessing_section", "HRF_TEXT", "rft", "keywords_line"]
 
 HRF_TEXT = {
     "spm": "canonical SPM haemodynamic response function",
@@ -36,13 +38,9 @@ def _noise_text(res: Results) -> str:
 
 def calibration(res: Results):
     """``(main, reference)`` Calibration objects (reference may be None); ``(None, None)`` if not computed."""
-    from .calibration import Calibration
-
-    cal = res.extras.get("calibration")
-    if not cal:
+    if res.calibration is None:
         return None, None
-    ref = Calibration.from_dict(cal["reference"]) if cal.get("reference") else None
-    return Calibration.from_dict(cal["main"]), ref
+    return res.calibration.main, res.calibration.reference
 
 
 def calibration_text(res: Results) -> str:
@@ -80,25 +78,19 @@ _NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six",
 
 def rft(res: Results):
     """The random-field inference (:class:`analysis.rft.RFTInference`), or None when it was not available."""
-    info = res.extras.get("rft")
-    if not info or not info.get("available"):
-        return None
-    from .rft import RFTInference
-
-    return RFTInference.from_dict(info)
+    return res.rft
 
 
 def _rft_context(res: Results) -> dict:
-    info = res.extras.get("rft") or {}
-    reason = info.get("reason") or "the analysis did not compute it (results from an older version)"
-    return {"rft": rft(res), "rft_reason": reason, "statmap": res.dataset.dataset == "statmap"}
+    return {"rft": res.rft, "rft_reason": res.rft_reason or "the analysis did not compute it",
+            "statmap": res.dataset.dataset == "statmap"}
 
 
 def methods(res: Results) -> str:
     """The methods paragraph (Markdown with @citations)."""
     c = res.contrast()
     return text.render("methods.md.j2", res=res, hrf=HRF_TEXT[res.model.hrf_model],
-                       pre=res.extras.get("preprocessing"),
+                       pre=res.preprocessing,
                        noise={"text": _noise_text(res)}, space_text=space_text(res.dataset.space),
                        threshold_labels=[t.label for t in c.thresholds], primary_label=c.primary.label,
                        n_ways=_NUMBER_WORDS.get(len(c.thresholds), str(len(c.thresholds))), **_rft_context(res))
@@ -137,13 +129,80 @@ def results_text(res: Results, name: str | None = None, n_peaks: int = 3) -> str
 
 
 def dmn(res: Results):
-    """``(DMNResult, info)`` from the results, or ``(None, None)`` when the DMN analysis was off."""
-    from .dmn import DMNResult
-
-    info = res.extras.get("dmn")
-    if not info:
+    """``(DMNResult, DMNAnalysis)`` from the results, or ``(None, None)`` when the DMN analysis was off."""
+    if res.dmn is None:
         return None, None
-    return DMNResult.from_dict(info["result"]), info
+    return res.dmn.result, res.dmn
+
+
+@dataclass(frozen=True)
+class DMNFacts:
+    """The DMN chapter's captions, as formatted strings (the chapter prints them; it never computes or rounds)."""
+
+    contrast: str
+    noise_model: str
+    control_name: str  # the positive-control network, or "positive-control" when none
+    alpha: str  # the FDR level, "0.05"
+    node_radius: str  # mm, "6"
+    seed_radius: str  # mm, "8"
+    seed_xyz: str  # the PCC seed, "(0, −53, 26)"
+    threshold_label: str  # the primary threshold the DMN counts use
+    threshold_text: str  # its z cut-off, "|z| > 3.41"
+    seed_threshold_label: str  # the threshold of the seed map
+    seed_threshold_text: str
+    negative_direction: str
+    has_overlaps: bool
+    has_seed: bool
+    has_atlas_table: bool
+
+
+def dmn_facts(res: Results) -> DMNFacts:
+    """What the DMN chapter's captions need, from the results (empty strings where the step did not run)."""
+    from .dmn import PCC_SEED
+
+    d, info = dmn(res)
+    c = res.contrast(info.contrast_name if info else None)
+    seed = d.seed if d is not None else None
+    return DMNFacts(
+        contrast=c.name, noise_model=res.model.noise_model if res.model else "",
+        control_name=(d.control_name if d is not None and d.control_name else "positive-control"),
+        alpha=f"{res.config.inference.alpha:g}", node_radius=f"{res.config.dmn.node_radius:g}",
+        seed_radius=f"{res.config.dmn.seed_radius:g}", seed_xyz=text.fmt_mni(seed.seed if seed else PCC_SEED),
+        threshold_label=info.threshold_label if info else "", threshold_text=info.threshold_text if info else "",
+        seed_threshold_label=seed.threshold_label if seed else "", seed_threshold_text=seed.threshold_text if seed else "",
+        negative_direction=c.negative_direction, has_overlaps=bool(info and info.overlaps),
+        has_seed=seed is not None, has_atlas_table=d is not None and d.atlas_table is not None)
+
+
+def dmn_table(res: Results, which: str):
+    """A table of the DMN chapters, or None when it was not computed.
+
+    ``which``: ``"networks"`` (network-level tests), ``"nodes"`` (FDR-significant nodes), ``"atlases"`` (the
+    atlases considered) or ``"overlap"`` (overlap at every threshold; also for a report from a statistical map).
+    """
+    from . import tables
+
+    d = res.dmn.result if res.dmn is not None else None
+    if which == "overlap":
+        if res.dmn is not None and res.dmn.overlaps:
+            return tables.dmn_overlaps(res.dmn.overlaps, res.contrast(res.dmn.contrast_name))
+        if res.dmn_overlap is not None and res.dmn_overlap.overlaps:
+            return tables.dmn_overlaps(res.dmn_overlap.overlaps, res.contrast())
+        return None
+    if d is None or not d.applicable:
+        return None
+    if which == "networks":
+        return tables.dmn_networks(d)
+    if which == "nodes":
+        return tables.dmn_nodes(d, only_significant=True)
+    if which == "atlases":
+        return tables.atlas_comparison(d) if d.atlas_table is not None else None
+    raise ValueError(f"no DMN table {which!r}")
+
+
+def dmn_missing(res: Results) -> str:
+    """``Not computed: <why>`` for a DMN table of a run without the DMN analysis."""
+    return "Not computed: " + (dmn_reason(res) or "no DMN atlas could be loaded")
 
 
 def dmn_reason(res: Results) -> str:
@@ -157,13 +216,13 @@ def dmn_text(res: Results) -> str:
     d, info = dmn(res)
     if d is None:
         return "The Default Mode Network analysis was switched off in the configuration (`dmn.enabled = false`)."
-    return text.render("dmn.md.j2", dmn=d, info=info, c=res.contrast(info.get("contrast_name")))
+    return text.render("dmn.md.j2", dmn=d, info=info, c=res.contrast(info.contrast_name))
 
 
 def dmn_callout(res: Results) -> str:
     """A callout listing atlases that could not be loaded (empty when all loaded)."""
     d, _ = dmn(res)
-    missing = dict(res.extras.get("atlas", {}).get("unavailable", {}))
+    missing = dict(res.atlas.unavailable)
     if d is not None:
         missing.update(d.unavailable)
     if not missing:
@@ -176,20 +235,19 @@ def dmn_callout(res: Results) -> str:
 
 def label_caption(res: Results) -> str:
     """The sentence naming the label atlas (or why there are no labels) for cluster-table captions."""
-    atlas = res.extras.get("atlas", {})
     if not res.dataset.space.startswith("MNI"):
         return ("Coordinates are in native scanner space; MNI atlas labels would be wrong there and are not "
                 "given.")
-    return atlas.get("caption") or "No anatomical labels."
+    return res.atlas.caption or "No anatomical labels."
 
 
 def dataset_line(res: Results) -> str:
     """One line naming what was analysed, for the preface."""
     ds = res.dataset
     if not ds.has_time_series:
-        sm = res.extras.get("statmap", {})
-        stat = f"t map, {sm.get('dof', 0):g} degrees of freedom" if sm.get("stat") == "t" else "z map"
-        return f"{sm.get('source', ds.description)} ({stat}, {ds.space})"  # inline: Quarto shows it as text
+        sm = res.statmap
+        stat = f"t map, {sm.dof or 0:g} degrees of freedom" if sm.stat == "t" else "z map"
+        return f"{sm.source or ds.description} ({stat}, {ds.space})"  # inline: Quarto shows it as text
     sim = " (simulated)" if ds.is_simulated and ds.dataset != "simulated" else ""
     return f"{ds.dataset}{sim}, {ds.n_scans} volumes, TR {text.fmt_num(ds.t_r, 2).rstrip('0').rstrip('.')} s, {ds.space}"
 
@@ -228,25 +286,25 @@ def figure(res: Results, role: str, missing: str = "Not available in this run.")
 
 def statmap_text(res: Results) -> str:
     n = len(res.contrast().thresholds)
-    return text.render("statmap.md.j2", res=res, sm=res.extras["statmap"], c=res.contrast(),
+    return text.render("statmap.md.j2", res=res, sm=res.statmap, c=res.contrast(),
                        threshold_labels=[t.label for t in res.contrast().thresholds],
                        space_text=space_text(res.dataset.space), n_ways=_NUMBER_WORDS.get(n, str(n)),
                        **_rft_context(res))
 
 
 def dmn_overlap_text(res: Results) -> str:
-    ov = res.extras.get("dmn_overlap")
-    if not ov:
+    ov = res.dmn_overlap
+    if ov is None:
         return "The Default Mode Network comparison was switched off in the configuration (`dmn.enabled = false`)."
     return text.render("dmn_overlap.md.j2", ov=ov, c=res.contrast())
 
 
 def preprocessing_text(res: Results) -> str:
     """Preprocessing methods and motion QC paragraph (or why preprocessing did not run)."""
-    pre = res.extras.get("preprocessing") or {"ran": False, "reason": "not recorded"}
-    if not pre["ran"]:
-        return f"No preprocessing was run: {text.md_escape(pre['reason'])}."
-    return text.render("preprocessing.md.j2", **pre["context"])
+    pre = res.preprocessing
+    if pre is None or not pre.ran:
+        return f"No preprocessing was run: {text.md_escape(pre.reason if pre else 'not recorded')}."
+    return text.render("preprocessing.md.j2", **vars(pre.context))
 
 
 QC_FIGURES = (  # role, label, caption
@@ -268,8 +326,8 @@ def preprocessing_section(res: Results, chapter_dir: str = "chapters") -> str:
     from . import tables
 
     out = [preprocessing_text(res)]
-    pre = res.extras.get("preprocessing") or {}
-    if not pre.get("ran"):
+    pre = res.preprocessing
+    if pre is None or not pre.ran:
         return out[0]
     refs = ", ".join(f"@{label}" for _, label, _ in QC_FIGURES)
     out.append(f"@tbl-qc-motion summarises head motion; {refs} show the checks that FEAT and fMRIPrep reports show.")

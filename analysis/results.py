@@ -1,55 +1,38 @@
-"""Immutable results objects and their JSON form.
+"""The typed, immutable results tree and its JSON form.
 
-Renderers (figures, tables, text, chapters) only read these. Numbers that the prose
-quotes are exposed as attributes or as formatted properties.
+Renderers (figures, tables, text, chapters) only read these. Numbers that the prose quotes are exposed as
+attributes or as formatted properties. The whole tree goes to ``results/results.json`` and back through one
+mechanism, :mod:`analysis.serial` (pydantic over the dataclasses' type hints): no class writes its own
+``to_dict`` / ``from_dict``.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
-import pandas as pd
+from pydantic import Field
 
+from . import serial
+from .calibration import Calibration
 from .config import Config
+from .dmn import DMNResult, ThresholdOverlap
 from .inference import ThresholdResult
+from .rft import RFTInference
+from .serial import JSON_CONFIG, Table
 
-__all__ = ["DatasetInfo", "ModelInfo", "ContrastResult", "Results", "df_to_records", "df_from_records", "plain"]
-
-
-def df_to_records(df: pd.DataFrame | None) -> dict | None:
-    """DataFrame -> ``{"columns": [...], "data": [[...], ...]}`` with NaN/NA as ``null``."""
-    if df is None:
-        return None
-    data = []
-    for row in df.itertuples(index=False):
-        data.append([plain(v) for v in row])
-    return {"columns": [str(c) for c in df.columns], "data": data}
+__all__ = ["InputFile", "DatasetInfo", "ModelInfo", "ContrastResult", "AtlasInfo", "PreprocessingContext",
+           "Preprocessing", "ThresholdOverlap", "DMNAnalysis", "CalibrationResults", "StatmapInfo",
+           "DMNOverlapSummary", "Results"]
 
 
-def df_from_records(d: dict | None) -> pd.DataFrame | None:
-    """Inverse of :func:`df_to_records`."""
-    if d is None:
-        return None
-    return pd.DataFrame(d["data"], columns=d["columns"])
+@dataclass(frozen=True)
+class InputFile:
+    """One input file of the run and its SHA-256 (part of the cache key)."""
 
-
-def plain(v):
-    """JSON-safe copy of a value, dict or list: numpy scalars to Python, NaN/inf/NA to ``None``."""
-    if isinstance(v, dict):
-        return {str(k): plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [plain(x) for x in v]
-    if v is None or v is pd.NA:
-        return None
-    if hasattr(v, "item"):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+    path: str
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -70,8 +53,8 @@ class DatasetInfo:
     t_r: float
     t_r_header: float
     has_anat: bool
-    events: pd.DataFrame
-    files: dict[str, dict[str, str]]  # name -> {"path": ..., "sha256": ...}
+    events: Table
+    files: dict[str, InputFile]
     t_r_source: str = ""  # where the TR came from (BIDS sidecar, fetcher, header, simulation)
     acquired_space: str = ""  # space of the images as acquired ("native" when preprocessing normalised them)
 
@@ -105,7 +88,7 @@ class ModelInfo:
     dof: float
     n_mask_voxels: int
     mask_source: str
-    contrast_matrix: pd.DataFrame
+    contrast_matrix: Table  # one row per contrast (index: contrast name), one column per regressor
     n_excluded_nonfinite: int = 0
     n_excluded_constant: int = 0
 
@@ -124,7 +107,7 @@ class ContrastResult:
     vector: tuple[float, ...]
     thresholds: tuple[ThresholdResult, ...]
     primary_key: str
-    clusters: pd.DataFrame
+    clusters: Table
     z_max: float
     z_min: float
     direction: str = ""  # what a positive value means, e.g. "listening > rest"
@@ -151,7 +134,7 @@ class ContrastResult:
         """``FDR q < 0.05 (|z| > 3.41)`` — label plus the cut-off used."""
         return f"{self.primary.label} ({self.primary.threshold_text})"
 
-    def peaks(self, sign: str | None = None) -> pd.DataFrame:
+    def peaks(self, sign: str | None = None):
         """Main peaks (one per cluster), optionally of one sign (``"+"`` or ``"-"``)."""
         t = self.clusters
         t = t[t["Cluster ID"].astype(str).str.fullmatch(r"\d+")]
@@ -159,24 +142,162 @@ class ContrastResult:
             t = t[t["Sign"] == ("+" if sign == "+" else "\u2212")]
         return t
 
-    def to_dict(self) -> dict:
-        return {"name": self.name, "entity": self.entity, "expression": self.expression,
-                "vector": list(self.vector), "thresholds": [t.to_dict() for t in self.thresholds],
-                "primary_key": self.primary_key, "clusters": df_to_records(self.clusters),
-                "z_max": self.z_max, "z_min": self.z_min, "direction": self.direction, "files": dict(self.files), "recovery": self.recovery}
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "ContrastResult":
-        clusters = df_from_records(d["clusters"])
-        return cls(name=d["name"], entity=d["entity"], expression=d["expression"], vector=tuple(d["vector"]),
-                   thresholds=tuple(ThresholdResult.from_dict(t) for t in d["thresholds"]),
-                   primary_key=d["primary_key"], clusters=clusters, z_max=d["z_max"], z_min=d["z_min"],
-                   direction=d["direction"], files=d["files"], recovery=d["recovery"])
+@dataclass(frozen=True)
+class AtlasInfo:
+    """The label atlases of the cluster tables: caption, the atlases that could not be loaded, the space."""
+
+    caption: str = ""
+    unavailable: dict[str, str] = field(default_factory=dict)  # atlas -> why it was not available
+    space: str = ""
+
+
+@dataclass(frozen=True)
+class PreprocessingContext:
+    """What the preprocessing did and its motion QC (``preprocessing.md.j2``; numbers unformatted)."""
+
+    n_volumes: int
+    native_grid_label: str
+    anat_grid_label: str
+    realign_reference: str
+    realign_levels: int
+    realign_iterations: tuple[str, ...]
+    normalisation: str
+    normalisation_resolution: float
+    syn_iterations: tuple[str, ...]
+    target_resolution: float
+    smoothing_fwhm: float
+    fd_radius: float
+    motion_regressors: int
+    ants_version: str
+    nilearn_version: str
+    total_seconds: float
+    mean_fd: float
+    median_fd: float
+    max_fd: float
+    fd_threshold: float
+    n_above: int
+    fraction_above: float
+    volumes_above: tuple[int, ...]
+    max_abs_translation_mm: float
+    max_abs_rotation_deg: float
+    mask_dice: float
+    anat_template_correlation: float
+    peak_rss_mb: float
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Whether the run was preprocessed (and why not), in which space it ended, and the record if it ran."""
+
+    ran: bool
+    reason: str = ""  # why it did not run ("" when it ran)
+    space: str = ""  # the space analysed
+    native_space: str = ""  # the space the run was acquired in (when it ran)
+    context: PreprocessingContext | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
+    motion_confounds: tuple[str, ...] = ()  # motion columns added to the design
+
+
+@dataclass(frozen=True)
+class DMNAnalysis:
+    """The DMN chapter: the analysis of the main contrast and the primary threshold its counts use."""
+
+    result: DMNResult
+    contrast_name: str
+    threshold: ThresholdResult
+    overlaps: tuple[ThresholdOverlap, ...] = ()
+
+    @property
+    def threshold_key(self) -> str:
+        return self.threshold.key
+
+    @property
+    def threshold_label(self) -> str:
+        return self.threshold.label
+
+    @property
+    def threshold_text(self) -> str:
+        return self.threshold.threshold_text
+
+    @property
+    def has_cutoff(self) -> bool:
+        return self.threshold.has_cutoff
+
+
+@dataclass(frozen=True)
+class DMNOverlapSummary:
+    """Without time series: the overlap of the map's thresholded voxels with the DMN, at every threshold."""
+
+    available: bool
+    source: str = ""
+    reason: str = ""  # why not available
+    threshold: ThresholdResult | None = None  # the primary threshold
+    overlaps: tuple[ThresholdOverlap, ...] = ()
+
+    @property
+    def primary(self) -> ThresholdOverlap | None:
+        return next((o for o in self.overlaps if self.threshold is not None and o.key == self.threshold.key), None)
+
+    @property
+    def threshold_label(self) -> str:
+        return self.threshold.label if self.threshold else ""
+
+    @property
+    def threshold_text(self) -> str:
+        return self.threshold.threshold_text if self.threshold else ""
+
+    @property
+    def has_cutoff(self) -> bool:
+        return bool(self.threshold and self.threshold.has_cutoff)
+
+    @property
+    def n_dmn(self) -> int:
+        return self.primary.n_dmn if self.primary else 0
+
+    @property
+    def n_below(self) -> int:
+        return self.primary.n_below if self.primary else 0
+
+    @property
+    def n_overlap(self) -> int:
+        return self.primary.n_overlap if self.primary else 0
+
+    @property
+    def share_dmn_below(self) -> float | None:
+        return self.primary.share_dmn_below if self.primary else None
+
+    @property
+    def share_below_in_dmn(self) -> float | None:
+        return self.primary.share_below_in_dmn if self.primary else None
+
+
+@dataclass(frozen=True)
+class CalibrationResults:
+    """Calibration of the main contrast's z map, and of the reference noise model when one was set."""
+
+    contrast: str
+    main: Calibration
+    reference: Calibration | None = None
+
+
+@dataclass(frozen=True)
+class StatmapInfo:
+    """A report from an existing statistical map: where it came from and how it was converted."""
+
+    path: str
+    stat: str  # "z" or "t"
+    dof: float | None
+    source: str
+    coverage: float
+    conversion: str
 
 
 @dataclass(frozen=True)
 class Results:
     """Everything the report shows, computed once by :func:`analysis.pipeline.run`."""
+
+    __pydantic_config__ = JSON_CONFIG
 
     cache_key: str
     config: Config
@@ -185,8 +306,15 @@ class Results:
     contrasts: dict[str, ContrastResult]
     figures: dict[str, str]  # role -> path relative to the output folder
     versions: dict[str, str]
-    extras: dict[str, Any] = field(default_factory=dict)  # calibration, dmn, preprocessing (plain dicts)
-    output_dir: str = "."
+    atlas: AtlasInfo = field(default_factory=AtlasInfo)
+    rft: RFTInference | None = None  # random-field inference; None with the reason in rft_reason
+    rft_reason: str = ""
+    preprocessing: Preprocessing | None = None  # None for a report from a statistical map
+    dmn: DMNAnalysis | None = None  # None when switched off (dmn.enabled = false) or from a statistical map
+    dmn_overlap: DMNOverlapSummary | None = None  # from a statistical map (no time series)
+    calibration: CalibrationResults | None = None  # None when switched off
+    statmap: StatmapInfo | None = None
+    output_dir: Annotated[str, Field(exclude=True)] = "."  # where the files are; not part of the JSON
 
     def contrast(self, name: str | None = None) -> ContrastResult:
         """The named contrast, or the first configured one."""
@@ -205,51 +333,19 @@ class Results:
         return self.path(self.figures[role])
 
     # ------------------------------------------------------------------ JSON
-    def to_dict(self) -> dict:
-        ds = self.dataset
-        return {
-            "cache_key": self.cache_key,
-            "config": self.config.to_dict(),
-            "dataset": {**{k: getattr(ds, k) for k in (
-                "dataset", "description", "space", "is_simulated", "fallback_reason", "dtype", "value_min",
-                "value_max", "n_scans", "t_r", "t_r_header", "has_anat", "files", "t_r_source", "acquired_space")},
-                "shape": list(ds.shape), "voxel_size": list(ds.voxel_size), "events": df_to_records(ds.events)},
-            "model": None if self.model is None else {**{k: getattr(self.model, k) for k in (
-                "noise_model", "hrf_model", "drift_model", "high_pass", "smoothing_fwhm", "signal_scaling",
-                "standardize", "n_drift", "dof", "n_mask_voxels", "mask_source", "n_excluded_nonfinite",
-                "n_excluded_constant")},
-                "design_columns": list(self.model.design_columns), "conditions": list(self.model.conditions),
-                "contrast_matrix": df_to_records(self.model.contrast_matrix.reset_index(names="contrast"))},
-            "contrasts": {k: v.to_dict() for k, v in self.contrasts.items()},
-            "figures": dict(self.figures),
-            "versions": dict(self.versions),
-            "extras": self.extras,
-        }
-
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, sort_keys=True, ensure_ascii=False, allow_nan=False)
-
-    @classmethod
-    def from_dict(cls, d: dict, output_dir: str | Path = ".") -> "Results":
-        ds = dict(d["dataset"])
-        ds["shape"] = tuple(ds["shape"])
-        ds["voxel_size"] = tuple(ds["voxel_size"])
-        ds["events"] = df_from_records(ds["events"])
-        model = None
-        if d["model"] is not None:
-            m = dict(d["model"])
-            m["design_columns"] = tuple(m["design_columns"])
-            m["conditions"] = tuple(m["conditions"])
-            m["contrast_matrix"] = df_from_records(m["contrast_matrix"]).set_index("contrast")
-            model = ModelInfo(**m)
-        return cls(cache_key=d["cache_key"], config=Config.from_dict(d["config"], source="results.json"),
-                   dataset=DatasetInfo(**ds), model=model,
-                   contrasts={k: ContrastResult.from_dict(v) for k, v in d["contrasts"].items()},
-                   figures=d["figures"], versions=d["versions"], extras=d.get("extras", {}),
-                   output_dir=str(output_dir))
+        """The whole tree as JSON (:mod:`analysis.serial`); the same results give the same bytes."""
+        return serial.to_json(self)
 
     @classmethod
     def from_json(cls, path: str | Path, output_dir: str | Path | None = None) -> "Results":
+        """Read ``results/results.json``; files are then found under ``output_dir`` (default: its grandparent)."""
         path = Path(path)
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")),
-                             output_dir=output_dir if output_dir is not None else path.parent.parent)
+        return cls.from_text(path.read_bytes(), output_dir if output_dir is not None else path.parent.parent)
+
+    @classmethod
+    def from_text(cls, text: str | bytes, output_dir: str | Path = ".") -> "Results":
+        """The typed tree from :meth:`to_json`'s text."""
+        import dataclasses
+
+        return dataclasses.replace(serial.from_json(cls, text), output_dir=str(output_dir))

@@ -63,10 +63,12 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .serial import JSON_CONFIG
 
 # scipy is imported where used: the config imports SMOOTHNESS_METHODS from here, and must stay cheap to load
 
@@ -220,6 +222,8 @@ class Smoothness:
         Degrees of freedom of the residuals the smoothness was estimated from.
     """
 
+    __pydantic_config__ = JSON_CONFIG  # NaN and inf survive JSON (analysis.serial)
+
     fwhm_vox: tuple[float, float, float]
     voxel_size: tuple[float, float, float]
     resels: tuple[float, float, float, float]
@@ -246,17 +250,6 @@ class Smoothness:
     def search_resels(self) -> float:
         """``R3``, the volume of the search region in resels."""
         return float(self.resels[3])
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["fwhm_mm"] = list(self.fwhm_mm)
-        d["rpv"] = self.rpv
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Smoothness":
-        return cls(tuple(d["fwhm_vox"]), tuple(d["voxel_size"]), tuple(d["resels"]), int(d["n_voxels"]),
-                   d.get("source", "residuals"), d.get("method", ""), d.get("dof"))
 
 
 def _from_fwhm_vox(fwhm_vox, mask_img, **kw) -> Smoothness:
@@ -472,6 +465,8 @@ def peak_p_fwe(z, smoothness: Smoothness, dof: float | None = None, two_sided: b
 class VoxelFWE:
     """Voxel-level FWE threshold (z), the random-field and Bonferroni candidates, and which one applied."""
 
+    __pydantic_config__ = JSON_CONFIG  # NaN and inf survive JSON (analysis.serial)
+
     alpha: float
     two_sided: bool
     z_rft: float
@@ -486,13 +481,6 @@ class VoxelFWE:
     def method(self) -> str:
         """``"random field theory"`` or ``"Bonferroni"``: the lower threshold (SPM's rule)."""
         return "random field theory" if self.z_rft <= self.z_bonferroni else "Bonferroni"
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "z_threshold": self.z_threshold, "method": self.method}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VoxelFWE":
-        return cls(d["alpha"], d["two_sided"], d["z_rft"], d["z_bonferroni"], d["expected_ec_at_threshold"])
 
 
 def voxel_fwe_threshold(smoothness: Smoothness, alpha: float = 0.05, dof: float | None = None,
@@ -549,6 +537,8 @@ class ClusterTheory:
         Resels per voxel, converting cluster sizes in voxels to resels.
     """
 
+    __pydantic_config__ = JSON_CONFIG  # NaN and inf survive JSON (analysis.serial)
+
     cdt_z: float
     two_sided: bool
     expected_clusters: float
@@ -604,15 +594,6 @@ class ClusterTheory:
         while k > 1 and self.p_fwe(k - 1) < alpha:
             k -= 1
         return k
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "beta": self.beta, "expected_voxels": self.expected_voxels,
-                "expected_cluster_voxels": self.expected_cluster_voxels}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ClusterTheory":
-        return cls(d["cdt_z"], d["two_sided"], d["expected_clusters"], d["expected_resels"],
-                   d["expected_cluster_resels"], d["rpv"])
 
 
 def _faces():
@@ -672,6 +653,8 @@ SMOOTHNESS_METHOD_TEXT = {
 class RFTInference:
     """Random-field inference of one analysis: smoothness, voxel-level FWE, cluster-level FWE at the CDT."""
 
+    __pydantic_config__ = JSON_CONFIG  # NaN and inf survive JSON (analysis.serial)
+
     smoothness: Smoothness
     dof: float | None  # t-field degrees of freedom (None: Gaussian field)
     alpha: float
@@ -714,16 +697,6 @@ class RFTInference:
     def expected_clusters(self) -> float:
         """Expected number of clusters at the CDT over the tested tails (both signs when two-sided)."""
         return _tails(self.two_sided) * self.cluster.expected_clusters
-
-    def to_dict(self) -> dict:
-        return {"available": True, "smoothness": self.smoothness.to_dict(), "dof": self.dof, "alpha": self.alpha,
-                "cdt_alpha": self.cdt_alpha, "voxel": self.voxel.to_dict(), "cluster": self.cluster.to_dict(),
-                "cluster_extent": self.cluster_extent}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RFTInference":
-        return cls(Smoothness.from_dict(d["smoothness"]), d["dof"], d["alpha"], d["cdt_alpha"],
-                   VoxelFWE.from_dict(d["voxel"]), ClusterTheory.from_dict(d["cluster"]), int(d["cluster_extent"]))
 
 
 def add_cluster_table_columns(table, z_values: np.ndarray, height_z: float, inference: RFTInference):

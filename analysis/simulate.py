@@ -54,14 +54,17 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from pydantic import ConfigDict
 from scipy import ndimage
+
+from . import serial
 
 __all__ = [
     "LISTENING_ONSETS",
@@ -194,6 +197,8 @@ class SimulationParams:
         ``(name, (x, y, z) centre mm, (a, b, c) semi-axes mm)`` per region.
     """
 
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
     seed: int = 0
     n_scans: int = 84
     t_r: float = 7.0
@@ -238,19 +243,6 @@ class SimulationParams:
                 if len(region) != 3 or len(region[1]) != 3 or len(region[2]) != 3 or min(region[2]) <= 0:
                     raise ValueError(f"{group}: each region is (name, (x, y, z), (a, b, c)) with "
                                      f"positive semi-axes, got {region!r}")
-
-    def to_dict(self) -> dict:
-        """Plain JSON-ready dict of the parameters."""
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, values: dict) -> SimulationParams:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown simulation parameters: {', '.join(unknown)}")
-        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -581,7 +573,7 @@ def save_simulated(run: SimulatedRun, out_dir) -> dict[str, Path]:
             "generator": "analysis.simulate",
             "t_r": run.t_r,
             "space": "MNI152 (nilearn bundled template), 3 mm",
-            "params": run.params.to_dict(),
+            "params": serial.to_data(run.params),
             "dmn_regions": {str(k): v for k, v in truth.dmn_regions.items()},
             "files": {key: _FILES[key] for key in [*images, "events", "params"]},
         }
@@ -634,7 +626,7 @@ def load_simulated(out_dir) -> SimulatedRun:
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{params_path}: format_version {meta.get('format_version')!r}, "
                          f"expected {FORMAT_VERSION}; regenerate the dataset")
-    params = SimulationParams.from_dict(meta["params"])
+    params = serial.from_data(SimulationParams, meta["params"])  # unknown keys raise
 
     def read(key, dtype):
         path = out_dir / _FILES[key]

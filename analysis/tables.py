@@ -30,10 +30,12 @@ def markdown(df: pd.DataFrame, index: bool = False) -> str:
     return df.to_markdown(index=index, tablefmt="pipe", disable_numparse=True)
 
 
-def show(df: pd.DataFrame, index: bool = False):
-    """Display a table in a Quarto/Jupyter cell as Markdown (not as an HTML-only widget)."""
+def show(df: pd.DataFrame | None, index: bool = False, missing: str = "Not computed."):
+    """Display a table in a Quarto/Jupyter cell as Markdown (not as an HTML-only widget); ``missing`` when None."""
     from IPython.display import Markdown
 
+    if df is None:
+        return Markdown(text.md_escape(missing))
     return Markdown(markdown(df, index=index))
 
 
@@ -179,15 +181,18 @@ def dmn_networks(d) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def dmn_overlaps(info: dict, c: ContrastResult) -> pd.DataFrame:
-    """Overlap of each thresholded map of the results chapter (negative side) with the DMN."""
+def dmn_overlaps(overlaps, c: ContrastResult) -> pd.DataFrame:
+    """Overlap of each thresholded map of the results chapter (negative side) with the DMN.
+
+    ``overlaps``: the :class:`analysis.dmn.ThresholdOverlap` of each threshold (``res.dmn.overlaps``).
+    """
     rows = []
-    for o in info.get("overlaps") or []:
-        rows.append({"Threshold": o["label"] + (" (primary)" if o["key"] == c.primary_key else ""),
-                     "z cut-off": o["threshold_text"],
-                     f"Voxels with {c.negative_direction}": f"{o['n_below']:,}",
-                     "of them in the DMN": f"{o['n_overlap']:,}",
-                     "Share of the DMN": text.fmt_pct(o["share_dmn_below"] or 0.0)})
+    for o in overlaps:
+        rows.append({"Threshold": o.label + (" (primary)" if o.key == c.primary_key else ""),
+                     "z cut-off": o.threshold_text,
+                     f"Voxels with {c.negative_direction}": f"{o.n_below:,}",
+                     "of them in the DMN": f"{o.n_overlap:,}",
+                     "Share of the DMN": text.fmt_pct(o.share_dmn_below or 0.0)})
     return pd.DataFrame(rows)
 
 
@@ -222,14 +227,17 @@ def atlas_comparison(d) -> pd.DataFrame:
                          "Reference": [text.md(c) for c in t["Citation"]]})  # pandoc @citekeys
 
 
-def motion_summary(pre: dict) -> pd.DataFrame:
-    """Mean and maximum framewise displacement, high-motion volumes, largest excursions."""
-    q = pre["context"]
-    rows = [("Mean framewise displacement", f"{text.fmt_num(q['mean_fd'], 3)} mm"),
-            ("Maximum framewise displacement", f"{text.fmt_num(q['max_fd'], 3)} mm"),
-            (f"Volumes above {q['fd_threshold']:g} mm", f"{q['n_above']} of {q['n_volumes']} "
-                                                      f"({text.fmt_pct(q['fraction_above'])})"),
-            ("Largest translation", f"{text.fmt_num(q['max_abs_translation_mm'], 2)} mm"),
-            ("Largest rotation", f"{text.fmt_num(q['max_abs_rotation_deg'], 2)}\u00b0"),
-            ("Motion regressors in the GLM", str(q["motion_regressors"]))]
+def motion_summary(pre) -> pd.DataFrame:
+    """Mean and maximum framewise displacement, high-motion volumes, largest excursions.
+
+    ``pre``: the run's :class:`analysis.results.Preprocessing` record (it ran).
+    """
+    q = pre.context
+    rows = [("Mean framewise displacement", f"{text.fmt_num(q.mean_fd, 3)} mm"),
+            ("Maximum framewise displacement", f"{text.fmt_num(q.max_fd, 3)} mm"),
+            (f"Volumes above {q.fd_threshold:g} mm", f"{q.n_above} of {q.n_volumes} "
+                                                   f"({text.fmt_pct(q.fraction_above)})"),
+            ("Largest translation", f"{text.fmt_num(q.max_abs_translation_mm, 2)} mm"),
+            ("Largest rotation", f"{text.fmt_num(q.max_abs_rotation_deg, 2)}\u00b0"),
+            ("Motion regressors in the GLM", str(q.motion_regressors))]
     return pd.DataFrame(rows, columns=["Measure", "Value"])

@@ -125,9 +125,11 @@ def test_comparison_table_reports_each_atlas_from_real_fetches(tmp_path):
 
 
 @needs_atlases
-def test_status_round_trips_through_dict():
+def test_status_round_trips_through_json():
+    from analysis import serial
+
     st = atlas.fetch_atlas("yeo_2011", DATA_DIR).status
-    assert atlas.AtlasStatus.from_dict(st.to_dict()) == st
+    assert serial.from_json(atlas.AtlasStatus, serial.to_json(st)) == st
 
 
 @needs_atlases

@@ -212,9 +212,11 @@ def test_tolerance_sets_the_verdict(default_cal, null_sd, expected):
 
 
 def test_calibration_round_trips_through_json(default_cal):
-    data = json.loads(json.dumps(default_cal.to_dict()))
-    assert isinstance(data["qq_observed"], list)
-    assert Calibration.from_dict(data) == default_cal
+    from analysis import serial
+
+    text = serial.to_json(default_cal)
+    assert isinstance(json.loads(text)["qq_observed"], list)
+    assert serial.from_json(Calibration, text) == default_cal
 
 
 def test_text_cites_and_reports_the_panel(default_cal, reference_cal):
@@ -253,8 +255,10 @@ def test_reference_calibration_can_reuse_the_main_models_data(ar_noise, design):
     reused = calibrate(img, design, mask, contrast="listening", t_r=7.0, n_null=2, noise_model="ar1",
                        data_model=main)
     # the reused path computes the z map without nilearn's results objects: equal to rounding error
-    for name, value in direct.to_dict().items():
-        other = reused.to_dict()[name]
+    from analysis import serial
+
+    for name, value in serial.to_data(direct).items():
+        other = serial.to_data(reused)[name]
         if isinstance(value, float) or (isinstance(value, list) and value and isinstance(value[0], float)):
             np.testing.assert_allclose(other, value, rtol=1e-9, atol=1e-12, err_msg=name)
         else:

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from analysis import checklist as cl
+from analysis.results import Preprocessing, PreprocessingContext
 
 SECTIONS = ["Design", "Acquisition", "Preprocessing", "Model", "Inference", "Results", "Data sharing"]
 
@@ -50,17 +51,22 @@ def test_simulated_data_marks_scanner_items_not_applicable(table):
 
 def test_real_data_without_motion_correction_is_flagged(sim_results):
     ds = dataclasses.replace(sim_results.dataset, is_simulated=False, fallback_reason="", space="native")
-    res = dataclasses.replace(sim_results, dataset=ds, extras={})
+    res = dataclasses.replace(sim_results, dataset=ds, preprocessing=None)
     t = cl.checklist(res)
     assert _item(t, "Motion correction")["Status"] == cl.MISSING
     assert _item(t, "Field strength and scanner")["Status"] == cl.MISSING
     if not any(col.startswith("Label") for col in sim_results.contrast().clusters.columns):
         assert _item(t, "Anatomical labels of peaks")["Status"] == cl.NOT_APPLICABLE  # scanner space
 
-    pre = {"ran": True, "context": {"realign_reference": "mean", "mean_fd": 0.12, "max_fd": 0.9, "n_above": 2,
-                                    "fd_threshold": 0.5, "normalisation": "Affine", "target_resolution": 3,
-                                    "smoothing_fwhm": 6.0}}
-    t = cl.checklist(dataclasses.replace(res, extras={"preprocessing": pre}))
+    ctx = PreprocessingContext(
+        n_volumes=84, native_grid_label="", anat_grid_label="", realign_reference="mean", realign_levels=1,
+        realign_iterations=("20",), normalisation="Affine", normalisation_resolution=2.0, syn_iterations=(),
+        target_resolution=3, smoothing_fwhm=6.0, fd_radius=50.0, motion_regressors=12, ants_version="",
+        nilearn_version="", total_seconds=1.0, mean_fd=0.12, median_fd=0.1, max_fd=0.9, fd_threshold=0.5,
+        n_above=2, fraction_above=2 / 84, volumes_above=(3, 4), max_abs_translation_mm=1.0,
+        max_abs_rotation_deg=1.0, mask_dice=0.9, anat_template_correlation=0.9, peak_rss_mb=100.0)
+    pre = Preprocessing(ran=True, space="MNI152NLin2009cAsym", native_space="native", context=ctx)
+    t = cl.checklist(dataclasses.replace(res, preprocessing=pre))
     row = _item(t, "Motion correction")
     assert row["Status"] == cl.REPORTED and "mean volume" in row["Value"] and "max 0.900 mm" in row["Value"]
     assert _item(t, "Spatial smoothing")["Value"] == "Gaussian kernel, 6 mm FWHM (after normalisation)"
@@ -90,7 +96,7 @@ def test_summary_counts_every_item(table):
 
 def test_missing_callout_lists_each_missing_item(sim_results):
     ds = dataclasses.replace(sim_results.dataset, is_simulated=False, fallback_reason="", space="native")
-    t = cl.checklist(dataclasses.replace(sim_results, dataset=ds, extras={}))
+    t = cl.checklist(dataclasses.replace(sim_results, dataset=ds, preprocessing=None))
     callout = cl.missing_callout(t)
     assert callout.startswith("::: {.callout-warning}")
     for row in t[t["Status"] == cl.MISSING].itertuples():

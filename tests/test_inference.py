@@ -48,7 +48,9 @@ def test_no_surviving_voxel_is_a_normal_outcome(rng, affine):
     assert not r.has_cutoff and r.threshold_text == "none: no voxel can pass"
     table, labels = inference.cluster_table(img, r)
     assert table.empty and list(table.columns) == inference.CLUSTER_COLUMNS and labels is None
-    assert inference.ThresholdResult.from_dict(r.to_dict()) == r  # inf survives JSON as null
+    from analysis import serial
+
+    assert serial.from_json(inference.ThresholdResult, serial.to_json(r)) == r  # inf survives JSON
 
 
 def test_cluster_table_matches_label_image(rng, affine):

@@ -38,10 +38,10 @@ def native_results(tmp_path_factory):
 
 def test_preprocessing_ran_and_the_report_is_in_mni(native_results):
     res, _ = native_results
-    pre = res.extras["preprocessing"]
-    assert pre["ran"] and res.dataset.space.startswith("MNI")
-    assert len(pre["motion_confounds"]) == 12 and "trans_x" in res.model.design_columns
-    assert pre["context"]["max_fd"] > 0
+    pre = res.preprocessing
+    assert pre.ran and res.dataset.space.startswith("MNI")
+    assert len(pre.motion_confounds) == 12 and "trans_x" in res.model.design_columns
+    assert pre.context.max_fd > 0
     for role in ("qc.motion", "qc.normalisation", "qc.coregistration", "qc.carpet"):
         assert res.figure(role).stat().st_size > 1000
     methods = report.methods(res)

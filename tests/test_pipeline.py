@@ -79,9 +79,7 @@ def test_dmn_prose_follows_the_data_planted_and_null(sim_results, tmp_path):
     """The simulated run with a planted DMN deactivation is reported as deactivated; without one, it is not."""
     from conftest import write_config
 
-    from analysis.dmn import DMNResult
-
-    planted = DMNResult.from_dict(sim_results.extras["dmn"]["result"])
+    planted = sim_results.dmn.result
     assert planted.deactivated and planted.network.p < 0.05
     prose = report.dmn_text(sim_results)
     assert "mean signal showed listening < rest" in prose and "no evidence of a DMN deactivation" not in prose
@@ -90,7 +88,7 @@ def test_dmn_prose_follows_the_data_planted_and_null(sim_results, tmp_path):
     null_cfg = write_config(tmp_path, simulation={"dmn_psc": 0.0}, calibration={"enabled": False},
                             dmn={"seed_map": False})
     null = run(null_cfg)
-    result = DMNResult.from_dict(null.extras["dmn"]["result"])
+    result = null.dmn.result
     print(f"\nDMN network test: planted p = {planted.network.p:.2g} (effect {planted.network.effect:.3f} %), "
           f"null p = {result.network.p:.2g} (effect {result.network.effect:.3f} %)")
     assert not result.deactivated
@@ -101,18 +99,16 @@ def test_dmn_prose_follows_the_data_planted_and_null(sim_results, tmp_path):
 
 def test_results_and_dmn_chapters_agree_at_every_threshold(sim_results):
     """The DMN chapter counts on the results chapter's thresholded maps: same voxels at every threshold."""
-    from analysis.dmn import DMNResult
-
     c = sim_results.contrast()
-    info = sim_results.extras["dmn"]
-    overlaps = {o["key"]: o for o in info["overlaps"]}
+    info = sim_results.dmn
+    overlaps = {o.key: o for o in info.overlaps}
     assert list(overlaps) == [t.key for t in c.thresholds]
     for t in c.thresholds:
         print(f"\n{t.label}: results {t.n_neg} voxels with {c.negative_direction}; DMN chapter "
-              f"{overlaps[t.key]['n_below']} ({overlaps[t.key]['n_overlap']} in the DMN)", end="")
-        assert overlaps[t.key]["n_below"] == t.n_neg
-    d = DMNResult.from_dict(info["result"])
-    assert d.overlap.n_suprathreshold == c.primary.n_neg and info["threshold_label"] == c.primary.label
+              f"{overlaps[t.key].n_below} ({overlaps[t.key].n_overlap} in the DMN)", end="")
+        assert overlaps[t.key].n_below == t.n_neg
+    d = info.result
+    assert d.overlap.n_suprathreshold == c.primary.n_neg and info.threshold_label == c.primary.label
     assert d.seed.threshold_label == c.primary.label  # the seed map gets the same procedure, named
     prose = report.dmn_text(sim_results)
     assert c.primary.label in prose and "were deactivated" not in prose
@@ -125,11 +121,11 @@ def test_pure_noise_gets_no_fallback_threshold_and_no_deactivation_claim(tmp_pat
     res = run(write_config(tmp_path, simulation={"auditory_psc": 0.0, "dmn_psc": 0.0},
                            calibration={"enabled": False}, dmn={"seed_map": False}))
     c = res.contrast()
-    info = res.extras["dmn"]
+    info = res.dmn
     print(f"\npure noise: primary {c.primary.label} cut-off {c.primary.threshold_text}; "
-          f"DMN overlap at {info['threshold_label']}: {info['overlaps'][3]['n_below']} voxels")
+          f"DMN overlap at {info.threshold_label}: {info.overlaps[3].n_below} voxels")
     assert not c.primary.has_cutoff and not c.primary.survived
-    assert info["threshold_key"] == c.primary_key and info["z_threshold"] is None
+    assert info.threshold_key == c.primary_key and not info.has_cutoff
     prose = report.dmn_text(res)
     assert "p < 0.001" not in prose and "deactivated" not in prose
     assert "found no z cut-off" in prose and "no voxel of the map showed listening < rest" in prose

@@ -207,6 +207,94 @@ def test_rough_and_smooth_estimators_agree_on_smooth_fields(rng):
     np.testing.assert_allclose(s, g, rtol=0.04)
 
 
+def _reference_fwhm(resid: np.ndarray, mask: np.ndarray, dof: float, method: str) -> list[float]:
+    """The whole-matrix float64 computation (every residual standardised at once), as a reference."""
+    r = np.asarray(resid, dtype=np.float64)
+    ss = (r * r).sum(axis=0)
+    valid = ss > 0
+    S = (r / np.sqrt(np.where(valid, ss, 1.0))).T
+    index = np.full(mask.shape, -1)
+    index[mask] = np.where(valid, np.arange(valid.size), -1)
+    if method == "gaussian":
+        out = []
+        for axis in range(3):
+            lo = [slice(None)] * 3
+            hi = [slice(None)] * 3
+            lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+            a, b = index[tuple(lo)], index[tuple(hi)]
+            both = (a >= 0) & (b >= 0)
+            corr = float(np.mean(np.sum(S[a[both]] * S[b[both]], axis=1)))
+            corr *= 1 + (1 - corr ** 2) / (2 * dof)
+            out.append(math.sqrt(LAM / (-2.0 * math.log(corr))))
+        return out
+    base = index[:-1, :-1, :-1]
+    nb = [index[1:, :-1, :-1], index[:-1, 1:, :-1], index[:-1, :-1, 1:]]
+    ok = (base >= 0) & (nb[0] >= 0) & (nb[1] >= 0) & (nb[2] >= 0)
+    d = [S[n[ok]] - S[base[ok]] for n in nb]
+    L = np.array([[np.sum(d[p] * d[q], axis=1) for q in range(3)] for p in range(3)]).transpose(2, 0, 1)
+    resel_img = np.sqrt(np.clip(np.linalg.det(L), 0, None) / LAM ** 3).mean()
+    resel_xyz = np.sqrt(np.stack([L[:, i, i] for i in range(3)], axis=1) / LAM).mean(axis=0)
+    resel = resel_img ** (1 / 3) * (resel_xyz / np.prod(resel_xyz) ** (1 / 3))
+    return [float(1.0 / x) for x in resel]
+
+
+@pytest.mark.parametrize("method", ["spm", "gaussian"])
+def test_blocked_and_float32_smoothness_equal_the_whole_matrix_float64_reference(rng, monkeypatch, method):
+    from analysis.noise import fit_matrix
+    import pandas as pd
+
+    shape, n = (12, 13, 11), 40
+    mask = ndimage.gaussian_filter(rng.standard_normal(shape), 2.0) > -0.05  # an irregular search volume
+    mask[0] = False  # an empty plane first and one in the middle (the blocks are planes of the first axis)
+    mask[6] = False
+    img = nib.Nifti1Image(mask.astype(np.uint8), np.diag([2.0, 2.5, 3.0, 1.0]))
+    data = _smoothed_noise(rng, shape, (2.0, 2.5, 3.0), n)
+    Y = data[:, mask] * 10.0 + 100.0
+    Y[:, 5] = 100.0  # a voxel with no residual variance: left out of the estimate and of the search volume
+    X = np.column_stack([np.ones(n), np.linspace(-1, 1, n), np.sin(np.arange(n) / 3.0)])
+    resid = Y - X @ np.linalg.lstsq(X, Y, rcond=None)[0]
+    resid[:, 5] = 0.0
+    ref = _reference_fwhm(resid, mask, n - 3, method)
+    monkeypatch.setattr(rft, "_BLOCK_BYTES", 8 * n * 7)  # 7 rows per block: the chunks within a plane are used
+    for r in (resid, resid.astype(np.float32), lambda start, stop: resid[:, start:stop].T.astype(np.float32)):
+        sm = rft.estimate_smoothness(r, img, dof=n - 3, method=method)
+        np.testing.assert_allclose(sm.fwhm_vox, ref, rtol=1e-6)
+        assert sm.n_voxels == mask.sum() - 1 and sm.dof == n - 3
+    S, valid = rft.standardize_residuals(resid.astype(np.float32))
+    assert S.dtype == np.float64 and not valid[5] and valid.sum() == mask.sum() - 1
+    np.testing.assert_allclose(np.linalg.norm(S[valid], axis=1), 1.0, rtol=1e-12)
+
+    # the matrix GLM's residual rows, computed plane by plane, give what its whole residual matrix gives
+    design = pd.DataFrame(X, columns=["a", "b", "c"])
+    model = fit_matrix(np.ascontiguousarray(Y.T, dtype=np.float32), design, img, "ar1")
+    whole = model.whitened_residuals()
+    sm_rows = rft.estimate_smoothness(model.whitened_residual_rows(), img, dof=n - 3, method=method)
+    np.testing.assert_allclose(sm_rows.fwhm_vox, _reference_fwhm(whole, mask, n - 3, method), rtol=1e-6)
+    assert sm_rows == rft.estimate_smoothness(model.whitened_residual_rows(), img, dof=n - 3, method=method)
+
+
+def test_smoothness_from_residual_rows_never_holds_the_residual_matrix(rng):
+    import tracemalloc
+
+    shape, n = (60, 20, 20), 60  # planes of the first axis are the blocks: 60 of them
+    mask = np.ones(shape, bool)
+    img = nib.Nifti1Image(mask.astype(np.uint8), np.eye(4))
+    Y = rng.standard_normal((mask.sum(), n)).astype(np.float32)
+    whole_float64 = Y.size * 8
+
+    def rows(start, stop):
+        return Y[start:stop]
+
+    for method in rft.SMOOTHNESS_METHODS:
+        tracemalloc.start()
+        try:
+            rft.estimate_smoothness(rows, img, method=method)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 0.25 * whole_float64, (method, peak / whole_float64)
+
+
 def test_statmap_smoothness_from_fwhm_spm_rpv_and_fsl_file_agree(tmp_path):
     mask = np.zeros((15, 16, 17), bool)
     mask[2:-2, 2:-2, 2:-2] = True
@@ -247,12 +335,14 @@ def test_fdr_q_values_agree_with_nilearn_fdr_threshold(rng, two_sided):
     assert np.array_equal(q <= 0.05, stat >= thr)
 
 
-def test_results_round_trip_through_dicts():
+def test_results_round_trip_through_json():
+    from analysis import serial
+
     mask = np.ones((10, 11, 12), bool)
     sm = rft._from_fwhm_vox((2.0, 2.5, 3.0), nib.Nifti1Image(mask.astype(np.uint8), np.diag([3, 3, 3, 1.0])),
                             source="residuals", method="gaussian", dof=71.0)
-    assert rft.Smoothness.from_dict(sm.to_dict()) == sm
+    assert serial.from_json(rft.Smoothness, serial.to_json(sm)) == sm
     fwe = rft.voxel_fwe_threshold(sm, 0.05, dof=71, two_sided=True)
-    assert rft.VoxelFWE.from_dict(fwe.to_dict()) == fwe
+    assert serial.from_json(rft.VoxelFWE, serial.to_json(fwe)) == fwe
     theory = rft.ClusterTheory.at(3.29, sm, dof=71, two_sided=True)
-    assert rft.ClusterTheory.from_dict(theory.to_dict()) == theory
+    assert serial.from_json(rft.ClusterTheory, serial.to_json(theory)) == theory

@@ -132,7 +132,7 @@ def _statmap(sim_results, folder, **statmap):
 
 def test_statmap_without_smoothness_says_rft_is_not_available(sim_results, tmp_path):
     res = run(_statmap(sim_results, tmp_path))
-    assert report.rft(res) is None and res.extras["rft"]["available"] is False
+    assert report.rft(res) is None and res.rft is None and "no residuals" in res.rft_reason
     assert "cluster_fwe" not in [t.key for t in res.contrast().thresholds]
     prose = report.statmap_text(res)
     assert "Random-field (FWE) inference was not available" in prose and "statmap.fwhm" in prose

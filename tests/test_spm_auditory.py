@@ -8,7 +8,6 @@ import nibabel as nib
 import pytest
 
 from analysis import report, run
-from analysis.dmn import DMNResult
 from conftest import write_config
 
 
@@ -49,7 +48,7 @@ def test_native_space_report_gives_no_mni_labels_and_no_dmn_claims(spm_results):
     assert "Label" not in c.clusters.columns or set(c.clusters["Label"]) <= {"n/a (native space)"}
     prose = report.results_text(spm_results)
     assert "not MNI space, so no atlas labels are given" in prose
-    dmn = DMNResult.from_dict(spm_results.extras["dmn"]["result"])
+    dmn = spm_results.dmn.result
     assert not dmn.applicable
     assert "was not run" in report.dmn_text(spm_results)
     methods = report.methods(spm_results)

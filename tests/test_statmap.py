@@ -68,10 +68,10 @@ def test_t_map_is_converted_and_gives_the_same_clusters(t_map_results, sim_resul
     assert ours.primary.n_pos == theirs.primary.n_pos
     assert list(ours.peaks()["X"]) == list(theirs.peaks()["X"])
     assert res.model is None and res.dataset.n_scans == 0
-    assert res.extras["statmap"]["stat"] == "t" and res.extras["statmap"]["dof"] == 71
+    assert res.statmap.stat == "t" and res.statmap.dof == 71
     assert "71 degrees of freedom (read from the header's description field, SPM{T_[71.0]})" in \
-        res.extras["statmap"]["conversion"]
-    assert res.extras["dmn_overlap"]["available"]
+        res.statmap.conversion
+    assert res.dmn_overlap.available
 
 
 def test_statmap_table_lists_no_cluster_outside_the_mask_and_agrees_with_the_prose(t_map_results):
