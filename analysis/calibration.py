@@ -602,7 +602,7 @@ def calibrate(bold_img, design_matrix: pd.DataFrame, mask_img, *, contrast: str,
             null = permuted_block_designs(design, c, n_null, events=events, design_fn=design_fn, t_r=t_r,
                                           seed=seed, max_corr=max_corr)
             if null.designs:  # the new columns of all null designs projected in one pass over the data
-                matrix_model.data.projections(np.hstack([X.to_numpy(dtype=float) for X in null.designs]))
+                matrix_model.data.add_columns(np.hstack([X.to_numpy(dtype=float) for X in null.designs]))
             null_z = [matrix_model.z_map(X_null.to_numpy(dtype=float), c, noise_model, rho_fwhm=rho_fwhm)
                       for X_null in null.designs]
         return calibration_from_z(z, null_z, noise_model=noise_model, contrast=contrast, t_r=t_r, null=null,

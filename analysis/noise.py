@@ -54,7 +54,7 @@ import pandas as pd
 __all__ = ["NoiseModel", "NOISE_MODELS", "DEFAULT_NOISE_MODEL", "DEFAULT_RHO_FWHM",
            "CalibratedFirstLevelModel", "fit_first_level", "fit_noise_model", "check_noise_model",
            "bias_corrected_ar1", "model_data", "model_residuals", "run_glm_ar1", "estimate_rho", "t_contrast_z",
-           "BLAS_THREADS", "blas_threads", "ProjectedData", "MatrixGLM", "fit_matrix"]
+           "model_residual_rows", "BLAS_THREADS", "blas_threads", "ProjectedData", "MatrixGLM", "fit_matrix"]
 
 
 @dataclass(frozen=True)
@@ -614,6 +614,15 @@ def model_residuals(model: FirstLevelModel, run: int = 0) -> np.ndarray:
     return out
 
 
+def model_residual_rows(model, run: int = 0):
+    """The whitened residuals of a fitted model as :func:`analysis.rft.estimate_smoothness` reads them: for a
+    :class:`MatrixGLM`, a function ``rows(start, stop)`` computing voxels ``start:stop`` from the data matrix
+    when asked (no residual matrix is held); for nilearn's ``FirstLevelModel``, :func:`model_residuals`."""
+    if isinstance(model, MatrixGLM):
+        return model.whitened_residual_rows()
+    return model_residuals(model, run)
+
+
 def _model_data(model: FirstLevelModel, run: int) -> np.ndarray:
     labels, results = model.labels_[run], model.results_[run]
     first = next(iter(results.values()))
@@ -682,8 +691,9 @@ class ProjectedData:
             yield sl, np.asarray(self.Y[sl], dtype=np.float64)
 
     @_blas_limited
-    def projections(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``X'y``, ``Up(X)'y`` and ``Down(X)'y`` for every voxel, each of shape (p, n_voxels)."""
+    def add_columns(self, X: np.ndarray) -> list[bytes]:
+        """Compute and keep the projections of the columns of ``X`` not seen yet (one pass over the matrix for
+        all of them); return the columns' keys. Nothing else is built: for a caller that only prepares them."""
         X = np.ascontiguousarray(X, dtype=np.float64)
         keys = [np.ascontiguousarray(X[:, j]).tobytes() for j in range(X.shape[1])]
         new = list(dict.fromkeys(k for k in keys if k not in self._proj))
@@ -694,12 +704,17 @@ class ProjectedData:
             down = np.zeros_like(C)
             down[1:] = C[:-1]
             M = np.hstack([C, up, down])  # (n, 3k): one product per block of voxels
-            out = np.empty((M.shape[1], self.n_voxels))
-            for sl, y in self._blocks():
-                out[:, sl] = (y @ M).T
             k = len(new)
+            out = np.empty((k, 3, self.n_voxels))  # column j's three projections are out[j]: kept as views
+            for sl, y in self._blocks():
+                out[:, :, sl] = (y @ M).T.reshape(3, k, -1).transpose(1, 0, 2)
             for j, key in enumerate(new):
-                self._proj[key] = out[[j, k + j, 2 * k + j]]
+                self._proj[key] = out[j]
+        return keys
+
+    def projections(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``X'y``, ``Up(X)'y`` and ``Down(X)'y`` for every voxel, each of shape (p, n_voxels)."""
+        keys = self.add_columns(X)
         stacked = np.stack([self._proj[k] for k in keys], axis=1)  # (3, p, V)
         return stacked[0], stacked[1], stacked[2]
 
@@ -781,19 +796,31 @@ class ProjectedData:
     def t_contrast_z(self, X: np.ndarray, rho: np.ndarray, contrast_vector) -> np.ndarray:
         return np.asarray(self.t_contrast(X, rho, contrast_vector).z_score(), dtype=float).ravel()
 
-    @_blas_limited
-    def whitened_residuals(self, X: np.ndarray, rho: np.ndarray, dtype=np.float64) -> np.ndarray:
-        """Residuals of the whitened model, (n_scans, n_voxels) (a transposed view of a voxel-major array),
-        computed block by block from the matrix."""
+    def whitened_residual_rows(self, X: np.ndarray, rho: np.ndarray):
+        """A function ``rows(start, stop)``: the residuals of the whitened model for voxels ``start:stop``,
+        voxel-major ``(stop - start, n_scans)`` float64, computed from the matrix when asked (one fit here; no
+        residual matrix is held)."""
         X = np.asarray(X, dtype=np.float64)
         beta = self.fit(X, rho)[0]
         rho = np.asarray(rho, dtype=np.float64)
+
+        @_blas_limited
+        def rows(start: int, stop: int) -> np.ndarray:
+            y = np.array(self.Y[start:stop], dtype=np.float64)  # a new array: the data matrix is not written
+            y -= (X @ beta[:, start:stop]).T  # OLS-style residual of the AR fit, then whitened (whitening is linear)
+            y[:, 1:] -= rho[start:stop, None] * (y[:, :-1] + 0.0)
+            return y
+
+        return rows
+
+    def whitened_residuals(self, X: np.ndarray, rho: np.ndarray, dtype=np.float64) -> np.ndarray:
+        """Residuals of the whitened model, (n_scans, n_voxels) (a transposed view of a voxel-major array),
+        computed block by block from the matrix."""
+        rows = self.whitened_residual_rows(X, rho)
         out = np.empty((self.n_voxels, self.n_scans), dtype=dtype)  # voxel-major: rows are written in place
-        for sl, y in self._blocks():
-            r = rho[sl, None]
-            y = y - (X @ beta[:, sl]).T  # OLS-style residual of the AR fit, then whitened (whitening is linear)
-            y[:, 1:] -= r * (y[:, :-1] + 0.0)
-            out[sl] = y
+        for start in range(0, self.n_voxels, self.chunk):
+            stop = min(start + self.chunk, self.n_voxels)
+            out[start:stop] = rows(start, stop)
         return out.T
 
 
@@ -860,6 +887,11 @@ class MatrixGLM:
     def whitened_residuals(self, dtype=np.float64) -> np.ndarray:
         """Residuals of the whitened model (n_scans, n_voxels), the mask's voxels in C order."""
         return self.data.whitened_residuals(self._X, self.rho_[0], dtype=dtype)
+
+    def whitened_residual_rows(self):
+        """A function ``rows(start, stop)``: the whitened residuals of voxels ``start:stop``, voxel-major
+        (:meth:`ProjectedData.whitened_residual_rows`)."""
+        return self.data.whitened_residual_rows(self._X, self.rho_[0])
 
 
 def fit_matrix(Y: np.ndarray, design: pd.DataFrame, mask_img, noise_model: str = DEFAULT_NOISE_MODEL, *,

@@ -259,6 +259,21 @@ def _from_fwhm_vox(fwhm_vox, mask_img, **kw) -> Smoothness:
                       tuple(float(r) for r in resel_counts(m, fwhm_vox)), int(m.sum()), **kw)
 
 
+_BLOCK_BYTES = 16 * 2 ** 20  # float64 bytes of one temporary block of residual rows in the smoothness loops
+
+
+def _standardize_rows(block) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel-major residual rows ``(n, n_scans)`` -> a new float64 array of unit rows, and the rows that have a
+    nonzero sum of squares (the others are left as they come out: never used)."""
+    s = np.array(block, dtype=np.float64, order="C")
+    ss = np.einsum("vt,vt->v", s, s)
+    valid = np.isfinite(ss) & (ss > 0)
+    scale = np.zeros_like(ss)
+    scale[valid] = 1.0 / np.sqrt(ss[valid])
+    s *= scale[:, None]
+    return s, valid
+
+
 def standardize_residuals(residuals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Residuals divided by their norm over scans, voxel by voxel [@kiebel1999].
 
@@ -269,45 +284,81 @@ def standardize_residuals(residuals: np.ndarray) -> tuple[np.ndarray, np.ndarray
     Returns
     -------
     standardized : array of shape (n_voxels, n_scans)
-        Voxel-major unit vectors (rows of zeros where a voxel's residuals are all zero).
+        Voxel-major unit vectors (rows of zeros where a voxel's residuals are all zero), float64; computed in
+        blocks of voxels, so no float64 copy of ``residuals`` is made besides the result.
     valid : bool array of shape (n_voxels,)
         Voxels with a nonzero residual sum of squares.
     """
-    r = np.asarray(residuals, dtype=np.float64)
-    ss = np.einsum("tv,tv->v", r, r)
-    valid = np.isfinite(ss) & (ss > 0)
-    scale = np.zeros_like(ss)
-    scale[valid] = 1.0 / np.sqrt(ss[valid])
-    return np.ascontiguousarray((r * scale).T), valid
+    r = np.asarray(residuals)
+    out = np.empty((r.shape[1], r.shape[0]))
+    valid = np.empty(r.shape[1], dtype=bool)
+    step = max(1, _BLOCK_BYTES // (8 * max(1, r.shape[0])))
+    for start in range(0, r.shape[1], step):
+        sl = slice(start, min(start + step, r.shape[1]))
+        out[sl], valid[sl] = _standardize_rows(r[:, sl].T)
+    return out, valid
 
 
-def _neighbour_pairs(index: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Voxel numbers of the pairs ``(v, v + 1 along axis)`` both in the mask (``index`` = -1 outside)."""
-    lo = [slice(None)] * 3
-    hi = [slice(None)] * 3
-    lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-    a, b = index[tuple(lo)], index[tuple(hi)]
-    both = (a >= 0) & (b >= 0)
-    return a[both], b[both]
+def _residual_rows(residuals, n_voxels: int):
+    """``(rows(start, stop), n_scans or None)`` for residuals given as an array (n_scans, n_voxels) or as a
+    function returning the voxel-major rows ``start:stop``."""
+    if callable(residuals):
+        return residuals, None
+    r = np.asarray(residuals)
+    if r.ndim != 2 or r.shape[1] != n_voxels:
+        raise ValueError(f"residuals of shape {r.shape} do not match the mask's {n_voxels} voxels")
+    return (lambda start, stop: r[:, start:stop].T), int(r.shape[0])
 
 
-def _pair_products(S: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 16384) -> np.ndarray:
-    """``sum_t S[a, t] * S[b, t]`` for each pair, in chunks (S is voxel-major)."""
+def _unit_planes(rows, mask: np.ndarray):
+    """For each plane ``i`` of the first axis: ``(i, S, index)`` with ``S`` the unit residual rows of the plane's
+    mask voxels (float64, ``None`` for an empty plane) and ``index`` (the plane's shape) the row of ``S`` of each
+    voxel, -1 outside the mask or where the residuals are all zero. The mask's voxels are in C order, so a
+    plane's voxels are one contiguous range of rows."""
+    counts = mask.reshape(mask.shape[0], -1).sum(axis=1)
+    stops = np.cumsum(counts)
+    for i in range(mask.shape[0]):
+        start, stop = int(stops[i] - counts[i]), int(stops[i])
+        index = np.full(mask.shape[1:], -1, dtype=np.int64)
+        S = None
+        if stop > start:
+            block = rows(start, stop)
+            if block.ndim != 2 or block.shape[0] != stop - start:
+                raise ValueError(f"residual rows {start}:{stop} have shape {block.shape}")
+            S, valid = _standardize_rows(block)
+            del block
+            index[mask[i]] = np.where(valid, np.arange(stop - start), -1)
+        yield i, S, index
+
+
+def _pair_products(Sa: np.ndarray, a: np.ndarray, Sb: np.ndarray, b: np.ndarray, chunk: int) -> np.ndarray:
+    """``sum_t Sa[a, t] * Sb[b, t]`` for each pair, in chunks (voxel-major unit rows)."""
     out = np.empty(len(a))
     for i in range(0, len(a), chunk):
-        out[i:i + chunk] = np.einsum("vt,vt->v", S[a[i:i + chunk]], S[b[i:i + chunk]])
+        out[i:i + chunk] = np.einsum("vt,vt->v", Sa[a[i:i + chunk]], Sb[b[i:i + chunk]])
     return out
 
 
-def estimate_smoothness(residuals: np.ndarray, mask_img, dof: float | None = None,
-                        method: str = "spm") -> Smoothness:
+def _plane_pairs(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the pairs (voxel of ``lo``, the voxel at the same place of ``hi``) both in the mask, in C order."""
+    both = (lo >= 0) & (hi >= 0)
+    return lo[both], hi[both]
+
+
+def estimate_smoothness(residuals, mask_img, dof: float | None = None, method: str = "spm") -> Smoothness:
     """Smoothness and resel counts from GLM residuals, as FSL's ``smoothest`` or SPM's ``spm_est_smoothness``.
+
+    The residuals are standardised and used plane by plane of the first image axis (two neighbouring planes at a
+    time, in float64), so no standardised copy of the whole residual matrix is ever made: given as a function,
+    the residuals are never held whole at all.
 
     Parameters
     ----------
-    residuals : array of shape (n_scans, n_voxels)
+    residuals : array of shape (n_scans, n_voxels), or a function
         Residuals (whitened, for a whitened model) in nilearn's masker order: the mask's nonzero voxels in
-        C order.
+        C order (any float type; float32 is enough, every product is taken in float64). Or a function
+        ``rows(start, stop)`` returning the residuals of voxels ``start:stop`` voxel-major, shape
+        ``(stop - start, n_scans)`` (e.g. :meth:`analysis.noise.MatrixGLM.whitened_residual_rows`).
     mask_img : Nifti1Image
         The mask the columns of ``residuals`` come from; it is also the search volume of the resel counts.
     dof : float, optional
@@ -323,27 +374,46 @@ def estimate_smoothness(residuals: np.ndarray, mask_img, dof: float | None = Non
     if method not in SMOOTHNESS_METHODS:
         raise ValueError(f"unknown smoothness method {method!r}; valid choices: {SMOOTHNESS_METHODS}")
     mask = _mask_array(mask_img)
-    r = np.asarray(residuals)
-    if r.ndim != 2 or r.shape[1] != int(mask.sum()):
-        raise ValueError(f"residuals of shape {r.shape} do not match the mask's {int(mask.sum())} voxels")
-    dof = float(r.shape[0] if dof is None else dof)
-    S, valid = standardize_residuals(r)
-    index = np.full(mask.shape, -1, dtype=np.int64)
-    index[mask] = np.where(valid, np.arange(valid.size), -1)
+    rows, n_scans = _residual_rows(residuals, int(mask.sum()))
+    search = np.zeros(mask.shape, dtype=bool)
+    sums, counts = np.zeros(4), np.zeros(4, dtype=np.int64)  # sums over the planes (of pairs or base voxels)
+    prev = None
+    for i, S, index in _unit_planes(rows, mask):
+        search[i] = index >= 0
+        if S is not None:
+            n_scans = S.shape[1] if n_scans is None else n_scans
+            chunk = max(1, _BLOCK_BYTES // (8 * S.shape[1]))
+        if method == "gaussian":
+            if prev is not None and prev[0] is not None and S is not None:
+                a, b = _plane_pairs(prev[1], index)
+                sums[0] += _pair_products(prev[0], a, S, b, chunk).sum()
+                counts[0] += a.size
+            if S is not None:
+                for axis, (lo, hi) in ((1, (index[:-1], index[1:])), (2, (index[:, :-1], index[:, 1:]))):
+                    a, b = _plane_pairs(lo, hi)
+                    sums[axis] += _pair_products(S, a, S, b, chunk).sum()
+                    counts[axis] += a.size
+        elif prev is not None and prev[0] is not None and S is not None:
+            L = _spm_covariances(prev[0], prev[1], S, index, chunk)
+            sums += _spm_resel_terms(L).sum(axis=0)
+            counts += len(L)
+        prev = (S, index)
+    del prev, S
+    if n_scans is None:
+        raise ValueError("no voxel in the mask to estimate the smoothness from")
+    dof = float(n_scans if dof is None else dof)
     if method == "gaussian":
         fwhm = []
         for axis in range(3):
-            a, b = _neighbour_pairs(index, axis)
-            if a.size == 0:
+            if counts[axis] == 0:
                 fwhm.append(math.inf)
                 continue
-            corr = float(np.mean(_pair_products(S, a, b)))
+            corr = float(sums[axis] / counts[axis])  # mean inner product of neighbouring unit residuals
             corr *= 1 + (1 - corr ** 2) / (2 * dof)  # small-sample bias of a correlation of dof pairs
             corr = min(max(corr, _MIN_CORR), 1 - 1e-12)
             fwhm.append(math.sqrt(FOUR_LN2 / (-2.0 * math.log(corr))))
     else:
-        fwhm = _spm_fwhm(S, index)
-    search = mask & (index >= 0)
+        fwhm = _spm_fwhm(sums / counts)
     return _from_fwhm_vox(fwhm, _img_like(search, mask_img), source="residuals", method=method, dof=dof)
 
 
@@ -353,24 +423,42 @@ def _img_like(data: np.ndarray, img):
     return nib.Nifti1Image(data.astype(np.uint8), img.affine)
 
 
-def _spm_fwhm(S: np.ndarray, index: np.ndarray) -> list[float]:
-    """``spm_est_smoothness``: voxel-wise covariance of forward differences, determinant averaged."""
-    base = index[:-1, :-1, :-1]
-    nb = [index[1:, :-1, :-1], index[:-1, 1:, :-1], index[:-1, :-1, 1:]]
-    ok = (base >= 0) & (nb[0] >= 0) & (nb[1] >= 0) & (nb[2] >= 0)
+def _spm_covariances(S0: np.ndarray, index0: np.ndarray, S1: np.ndarray, index1: np.ndarray,
+                     chunk: int) -> np.ndarray:
+    """Inner products ``L`` (n, 3, 3) of the forward differences of the unit residuals along the three axes, for
+    the base voxels of one plane (``S0``, ``index0``, C order) whose three forward neighbours are in the mask (the
+    one along the first axis in the next plane, ``S1``, ``index1``)."""
+    base = index0[:-1, :-1]
+    nb = [(S1, index1[:-1, :-1]), (S0, index0[1:, :-1]), (S0, index0[:-1, 1:])]
+    ok = (base >= 0) & (nb[0][1] >= 0) & (nb[1][1] >= 0) & (nb[2][1] >= 0)
     v0 = base[ok]
-    vs = [n[ok] for n in nb]
-    L = np.zeros((len(v0), 3, 3))
-    chunk = 8192
+    vs = [(s, n[ok]) for s, n in nb]
+    L = np.empty((len(v0), 3, 3))
     for i in range(0, len(v0), chunk):
-        s0 = S[v0[i:i + chunk]]
-        d = [S[v[i:i + chunk]] - s0 for v in vs]
+        s0 = S0[v0[i:i + chunk]]
+        d = []
+        for s, v in vs:
+            diff = s[v[i:i + chunk]]
+            diff -= s0
+            d.append(diff)
+        del s0
         for p in range(3):
             for q in range(p, 3):
                 L[i:i + chunk, p, q] = L[i:i + chunk, q, p] = np.einsum("vt,vt->v", d[p], d[q])
+    return L
+
+
+def _spm_resel_terms(L: np.ndarray) -> np.ndarray:
+    """Per base voxel (n, 4): resels of the voxel from the determinant of ``L``, and along each axis."""
     det = np.clip(np.linalg.det(L), 0, None)
-    resel_img = np.sqrt(det / FOUR_LN2 ** 3).mean()
-    resel_xyz = np.sqrt(np.stack([L[:, i, i] for i in range(3)], axis=1) / FOUR_LN2).mean(axis=0)
+    return np.column_stack([np.sqrt(det / FOUR_LN2 ** 3),
+                            np.sqrt(np.stack([L[:, i, i] for i in range(3)], axis=1) / FOUR_LN2)])
+
+
+def _spm_fwhm(mean_terms: np.ndarray) -> list[float]:
+    """``spm_est_smoothness`` from the means over the base voxels of :func:`_spm_resel_terms`: the determinant's
+    resels averaged, shared between the axes as the per-axis ones."""
+    resel_img, resel_xyz = mean_terms[0], mean_terms[1:]
     resel = resel_img ** (1 / 3) * (resel_xyz / np.prod(resel_xyz) ** (1 / 3))
     return [float(1.0 / x) for x in resel]
 

@@ -240,8 +240,9 @@ def _reference_fwhm(resid: np.ndarray, mask: np.ndarray, dof: float, method: str
 
 @pytest.mark.parametrize("method", ["spm", "gaussian"])
 def test_blocked_and_float32_smoothness_equal_the_whole_matrix_float64_reference(rng, monkeypatch, method):
-    from analysis.noise import fit_matrix
     import pandas as pd
+
+    from analysis.noise import fit_matrix
 
     shape, n = (12, 13, 11), 40
     mask = ndimage.gaussian_filter(rng.standard_normal(shape), 2.0) > -0.05  # an irregular search volume
