@@ -4,7 +4,7 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from analysis.config import Config, ConfigError, load_config
+from analysis.config import Config, ConfigError, load_config, read_config_file, validate_config
 
 
 def test_defaults_are_the_reference_settings():
@@ -136,8 +136,9 @@ def test_unknown_keys_get_the_closest_valid_name(tmp_path, text, message):
 
     p = tmp_path / "c.toml"
     p.write_text(text)
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config(p) if "report" not in text or "reprot" in text else metadata.from_toml(p)
+    data, source = read_config_file(p)
+    with pytest.raises(ConfigError, match=re.escape(message)):  # the analysis sections, then [report]
+        validate_config(data, source), metadata.validate_report(data, source)
 
 
 def test_model_dump_round_trips_to_an_equal_config(tmp_path):
@@ -160,6 +161,10 @@ def test_source_names_the_file_but_is_not_part_of_the_values(tmp_path):
     assert "source" not in cfg.model_dump() and str(p) not in cfg.canonical_json()
     assert cfg == Config().replace(glm={"t_r": 2}) and cfg.replace(glm={"t_r": 3}).source == str(p)
     assert Config.model_validate(cfg.model_dump(), context={"source": "results.json"}).source == "results.json"
+    import pickle
+
+    again = pickle.loads(pickle.dumps(cfg))  # as a Dask task receives it
+    assert again == cfg and again.source == str(p)
 
 
 def test_replace_validates_and_returns_a_new_config():
