@@ -122,22 +122,22 @@ def test_usage_errors_exit_2():
 
 # ----------------------------------------------------------------------------- redraw
 
-def test_redraw_without_pipeline_redraw_is_a_one_line_error(tmp_path, monkeypatch):
-    monkeypatch.delattr(pipeline, "redraw", raising=False)
+def test_redraw_without_results_is_a_one_line_error(tmp_path):
     cfg = write_config(tmp_path / "out")
     code, _, err = _main("redraw", "--config", str(cfg), "-q")
-    assert code == 2 and _one_line(err) == "error: redraw is not available in this version"
+    line = _one_line(err)
+    assert code == 2 and "no results to redraw" in line, line
 
 
 def test_redraw_calls_pipeline_redraw_with_the_config(tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(pipeline, "redraw", lambda config: seen.append(config) or _fake_results(tmp_path),
-                        raising=False)
+    figure = tmp_path / "out" / "figures" / "a.png"
+    monkeypatch.setattr(pipeline, "redraw", lambda config: seen.append(config) or [figure])
     cfg = write_config(tmp_path / "out")
     code, out, err = _main("redraw", "--config", str(cfg), "-q")
     assert code == 0, err
     assert len(seen) == 1 and isinstance(seen[0], Config) and seen[0].source == str(cfg)
-    assert "contrast listening" in out
+    assert "redrew 1 figures" in out
 
 
 # ----------------------------------------------------------------------------- render
