@@ -58,7 +58,6 @@ UNLABELLED = "Unlabelled"
 YEO7_NETWORKS = {1: "Visual", 2: "Somatomotor", 3: "Dorsal Attention", 4: "Ventral Attention",
                  5: "Limbic", 6: "Frontoparietal", 7: "Default"}
 _TISSUE_CLASSES = ("Cerebral Cortex", "Cerebral White Matter", "Lateral Ventricle")
-DEFAULT_TIMEOUT = 5.0  # seconds, per connection and per read, for download attempts
 DEFAULT_BUDGET = 60.0  # seconds, whole fetch attempt
 
 
@@ -213,10 +212,13 @@ def _remove_empty_dirs(root: Path) -> None:
         readme.unlink()
 
 
-def _call_with_budget(func, kwargs: dict, timeout: float, budget: float):
-    """Call a nilearn fetcher with short HTTP time-outs, giving up after ``budget`` seconds."""
-    from nilearn.datasets import _utils as nl_utils
+def _call_with_budget(func, kwargs: dict, budget: float):
+    """Call a nilearn fetcher in a daemon thread, giving up waiting for it after ``budget`` seconds.
 
+    nilearn has no public setting for its HTTP time-outs (its own default is 15 s to connect, 61 s per read),
+    so the budget alone bounds the wait; a download still running then finishes or fails in the background,
+    in the scratch download folder.
+    """
     box: dict[str, Any] = {}
 
     def target():
@@ -225,16 +227,9 @@ def _call_with_budget(func, kwargs: dict, timeout: float, budget: float):
         except BaseException as exc:  # noqa: BLE001 - reported, never raised
             box["error"] = exc
 
-    old = getattr(nl_utils, "_REQUESTS_TIMEOUT", None)
-    if old is not None:
-        nl_utils._REQUESTS_TIMEOUT = (timeout, timeout)
-    try:
-        thread = threading.Thread(target=target, daemon=True)
-        thread.start()
-        thread.join(budget)
-    finally:
-        if old is not None:
-            nl_utils._REQUESTS_TIMEOUT = old
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(budget)
     if thread.is_alive():
         raise TimeoutError(f"no answer within {budget:g} s")
     if "error" in box:
@@ -295,8 +290,7 @@ def _describe_loaded(spec: AtlasSpec, bunch) -> dict[str, str]:
 
 
 def fetch_atlas(key: str, data_dir: str | os.PathLike | None = None, *, download: bool = True,
-                download_dir: str | os.PathLike | None = None, timeout: float = DEFAULT_TIMEOUT,
-                budget: float = DEFAULT_BUDGET) -> LoadedAtlas:
+                download_dir: str | os.PathLike | None = None, budget: float = DEFAULT_BUDGET) -> LoadedAtlas:
     """Fetch one atlas of :data:`ATLAS_SPECS` with nilearn's fetcher; never raises.
 
     Parameters
@@ -311,8 +305,6 @@ def fetch_atlas(key: str, data_dir: str | os.PathLike | None = None, *, download
     download_dir : path or None
         Where a download goes (default: a scratch folder under the system temp dir), so the
         data folder, which may be shared and read-only, is never written to.
-    timeout : float
-        HTTP connect/read time-out in seconds for download attempts.
     budget : float
         The whole attempt gives up after this many seconds.
 
@@ -349,7 +341,7 @@ def fetch_atlas(key: str, data_dir: str | os.PathLike | None = None, *, download
             func = getattr(nl_datasets, spec.fetcher)
             if scratch is not None:
                 scratch.mkdir(parents=True, exist_ok=True)
-            bunch = _call_with_budget(func, kwargs, timeout, budget)
+            bunch = _call_with_budget(func, kwargs, budget)
             img_ok = spec.kind == "coordinates" or bunch.get("maps") is not None
             if not img_ok:
                 raise ValueError("the fetcher returned no maps")

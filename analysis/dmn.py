@@ -120,7 +120,7 @@ def dmn_definitions(data_dir=None, *, node_radius: float = DEFAULT_NODE_RADIUS, 
         The Seitzman network used as positive control (one of :data:`SEITZMAN_NETWORKS`, not
         ``"DefaultMode"``), or None for no control.
     **fetch_kwargs
-        Passed to :func:`analysis.atlas.fetch_atlas` (``download``, ``timeout``...).
+        Passed to :func:`analysis.atlas.fetch_atlas` (``download``, ``budget``...).
     """
     if control_network is not None and control_network not in SEITZMAN_NETWORKS:
         raise ValueError(f"control_network = {control_network!r}; choose one of {', '.join(SEITZMAN_NETWORKS)} "
@@ -851,7 +851,7 @@ def analyse_dmn(bold_img, design_matrix: pd.DataFrame, z_img, negative_threshold
         masked, scaled data and computes only the seed's z map (the same map as a new fit, to rounding
         error) instead of masking and fitting the run again.
     **fetch_kwargs
-        For :func:`analysis.atlas.fetch_atlas` (``download``, ``timeout``).
+        For :func:`analysis.atlas.fetch_atlas` (``download``, ``budget``).
 
     Returns
     -------

@@ -102,7 +102,7 @@ def test_missing_atlas_is_marked_unavailable_not_raised(tmp_path):
 
 
 def test_offline_download_fails_fast_with_a_reason(tmp_path):
-    got = atlas.fetch_atlas("msdl", tmp_path / "data", download_dir=tmp_path / "dl", timeout=2, budget=30)
+    got = atlas.fetch_atlas("msdl", tmp_path / "data", download_dir=tmp_path / "dl", budget=30)
     if got.available:
         pytest.skip("MSDL could be downloaded here (network available)")
     assert got.status.reason and got.status.attempt.seconds < 30
@@ -111,7 +111,7 @@ def test_offline_download_fails_fast_with_a_reason(tmp_path):
 
 @needs_atlases
 def test_comparison_table_reports_each_atlas_from_real_fetches(tmp_path):
-    table = atlas.atlas_comparison_table(data_dir=DATA_DIR, download_dir=tmp_path, timeout=2, budget=30)
+    table = atlas.atlas_comparison_table(data_dir=DATA_DIR, download_dir=tmp_path, budget=30)
     assert list(table["Atlas"]) == ["DiFuMo", "Schaefer 2018", "Harvard-Oxford cortical",
                                     "Harvard-Oxford subcortical", "Yeo 2011", "MSDL", "Seitzman 2020"]
     loaded = dict(zip(table["Atlas"], table["Loaded"]))
