@@ -519,44 +519,41 @@ def _ants(n_threads: int | None = None):
 
 @contextmanager
 def _ants_session(params: PreprocessParams):
-    """Thread count, random seed and a scratch folder for ANTs's transform files."""
-    ants = _ants(params.n_threads)
-    key = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
-    old_threads = os.environ.get(key)
-    old_seed = ants.config._random_seed
-    os.environ[key] = str(int(params.n_threads))
-    ants.config._random_seed = int(params.seed)
+    """Thread count, random seed and a scratch folder for ANTs's transform files.
+
+    The seed is ANTs's documented ``ANTS_RANDOM_SEED`` environment variable, which ``antsRegistration`` reads
+    on every call when no ``--random-seed`` is given (fMRIPrep seeds ANTs the same way). antspyx 0.6.3 has no
+    ``random_seed`` argument to ``ants.registration`` any more; its ``ants.config.set_ants_deterministic``
+    also forces one ITK thread and reseeds numpy's and Python's global generators, so it is not used.
+    """
+    _ants(params.n_threads)
+    env = {"ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(int(params.n_threads)),
+           "ANTS_RANDOM_SEED": str(int(params.seed))}
+    old = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
     try:
         with tempfile.TemporaryDirectory(prefix="analysis-ants-") as scratch:
             yield Path(scratch)
     finally:
-        ants.config._random_seed = old_seed
-        if old_threads is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old_threads
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _to_ants(img):
-    """3D nibabel image -> ANTsImage (RAS affine -> LPS origin/direction/spacing)."""
-    ants = _ants()
-    affine = _LPS @ img.affine
-    linear = affine[:3, :3]
-    spacing = np.sqrt((linear ** 2).sum(axis=0))
-    direction = linear / spacing
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    return ants.from_numpy(data, origin=tuple(float(v) for v in affine[:3, 3]),
-                           spacing=tuple(float(v) for v in spacing), direction=direction)
+    """3D nibabel image -> float ANTsImage, by ANTsPy's ``from_nibabel_nifti`` (RAS affine -> LPS origin,
+    spacing and direction). It reads the geometry from a fresh header built from ``img.affine`` in mm: the
+    caller's header is not touched (``from_nibabel_nifti`` would set unknown units in place, with a print)."""
+    mm = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
+    mm.header.set_xyzt_units("mm", "sec")
+    return _ants().from_nibabel_nifti(mm)
 
 
-def _from_ants(image, dtype=np.float32) -> nib.Nifti1Image:
-    """ANTsImage (3D) -> nibabel image with a RAS affine."""
-    affine = np.eye(4)
-    affine[:3, :3] = np.asarray(image.direction) * np.asarray(image.spacing)[None, :]
-    affine[:3, 3] = image.origin
-    img = nib.Nifti1Image(np.asarray(image.numpy(), dtype=dtype), _LPS @ affine)
-    img.header.set_xyzt_units("mm", "sec")
-    return img
+def _from_ants(image) -> nib.Nifti1Image:
+    """ANTsImage (3D) -> nibabel image with a RAS affine (units mm), by ANTsPy's ``to_nibabel_nifti``."""
+    return _ants().to_nibabel_nifti(image)
 
 
 def _read_matrix(path) -> np.ndarray:
