@@ -181,6 +181,23 @@ def test_seed_map_reusing_the_main_model_equals_a_new_fit(defs, noise_model):
     assert res_reuse.seed.overlap.n_suprathreshold > 50
 
 
+def test_sphere_signals_equal_nilearns_spheres_masker(defs):
+    """Node and seed spheres (k-d tree on the in-mask voxels) give NiftiSpheresMasker's signals, to float32
+    rounding: the node means, and the seed series detrended and standardised as nilearn's DMN example does."""
+    from nilearn.maskers import NiftiSpheresMasker
+
+    bold, _, mask = _synthetic_run(defs, -1.0)
+    nodes = defs.nodes
+    ours = dmn.roi_timeseries(bold, nodes, mask, radius=defs.node_radius, scale=False).to_numpy()
+    theirs = NiftiSpheresMasker(nodes[["X", "Y", "Z"]].to_numpy(dtype=float), radius=defs.node_radius,
+                                mask_img=mask, allow_overlap=True, standardize=None).fit_transform(bold)
+    np.testing.assert_allclose(ours, theirs - theirs.mean(axis=0), atol=1e-4 * np.abs(ours).max())
+    seed, _ = dmn._seed_series(dmn._Bold(bold, mask), dmn.PCC_SEED, 8.0)
+    theirs = NiftiSpheresMasker([dmn.PCC_SEED], radius=8.0, mask_img=mask, detrend=True,
+                                standardize="zscore_sample").fit_transform(bold)[:, 0]
+    np.testing.assert_allclose(seed, theirs, atol=1e-4)
+
+
 def test_roi_glm_with_mask_rois(defs, planted):
     bold, design, mask = _synthetic_run(defs, -1.0)
     table = dmn.roi_glm(bold, design, {"dmn": defs.network_img}, "listening", "ols", mask_img=mask)
