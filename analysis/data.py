@@ -309,6 +309,8 @@ def load_bids(config: Config) -> Run:
             raise DataError(f"{conf_files[0]}: no confound column {hint}; fix bids.confounds")
         if len(table) != bold_img.shape[3]:
             raise DataError(f"{conf_files[0]}: {len(table)} rows but the run has {bold_img.shape[3]} volumes")
+        # Not nilearn's load_confounds: it selects whole strategies (all six motion columns, all their derivatives,
+        # ...), not the columns bids.confounds names, fills a first-row n/a with the second row, not 0, and demeans.
         confounds = table[list(b.confounds)].fillna(0.0)  # fMRIPrep derivatives start with n/a
         files[Path(conf_files[0]).name] = conf_files[0]
     anats = find(root, "T1w", "nii*", "anat", run_filters=False) if not b.space else \
