@@ -269,11 +269,8 @@ def colophon(sim_results, sim_config_path):
 
 
 def _sha256(path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def test_colophon_checksums_match_the_files_on_disk(sim_results, colophon):
