@@ -814,7 +814,7 @@ def preprocess(bold_img, anat_img, params: PreprocessParams | None = None) -> Pr
 
     Examples
     --------
-    >>> from analysis.native_sim import simulate_native_run     # doctest: +SKIP
+    >>> from native_sim import simulate_native_run  # tests/   # doctest: +SKIP
     >>> run = simulate_native_run(n_scans=20)                    # doctest: +SKIP
     >>> out = preprocess(run.bold_img, run.anat_img)             # doctest: +SKIP
     >>> out.bold_img.shape                                       # doctest: +SKIP

@@ -24,12 +24,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # native_sim: the test helper that builds the native run
 
 
 def _simulate(out_dir: str, seed: int) -> None:
     import nibabel as nib
 
-    from analysis.native_sim import simulate_native_run
+    from native_sim import simulate_native_run
 
     run = simulate_native_run(seed=seed)
     nib.save(run.bold_img, Path(out_dir) / "bold.nii.gz")

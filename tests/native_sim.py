@@ -26,7 +26,7 @@ functional grid.
 
 Examples
 --------
->>> from analysis.native_sim import simulate_native_run
+>>> from native_sim import simulate_native_run
 >>> run = simulate_native_run(n_scans=6)          # doctest: +SKIP
 >>> run.bold_img.shape                            # doctest: +SKIP
 (64, 64, 64, 6)
@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from .preprocess import MOTION_COLUMNS, rigid_matrix, rigid_parameters
+from analysis.preprocess import MOTION_COLUMNS, rigid_matrix, rigid_parameters
 
 __all__ = ["NativeParams", "NativeRun", "simulate_native_run", "region_centroids",
            "motion_walk"]
@@ -236,7 +236,7 @@ def simulate_native_run(params: NativeParams | None = None, mni_run=None,
 
     params = params or NativeParams()
     if mni_run is None:
-        from .simulate import simulate_run
+        from analysis.simulate import simulate_run
 
         mni_run = simulate_run(**sim_overrides)
     rng = np.random.default_rng(params.seed)

@@ -14,7 +14,7 @@ from conftest import write_config  # noqa: E402
 
 @pytest.fixture(scope="module")
 def native_results(tmp_path_factory):
-    from analysis.native_sim import simulate_native_run
+    from native_sim import simulate_native_run
 
     nr = simulate_native_run()
     root = tmp_path_factory.mktemp("native_bids")

@@ -93,7 +93,7 @@ def test_params_reject_bad_values(bad):
 
 @pytest.fixture(scope="module")
 def native_run():
-    from analysis.native_sim import simulate_native_run
+    from native_sim import simulate_native_run
 
     return simulate_native_run(seed=3)
 
@@ -165,7 +165,7 @@ def test_output_is_on_the_mni_grid(preprocessed):
 
 
 def test_normalised_truth_lands_on_true_mni_coordinates(native_run, preprocessed):
-    from analysis.native_sim import region_centroids
+    from native_sim import region_centroids
     from analysis.preprocess import to_mni
 
     # The true effect map in volume 0's head position, pushed through the fitted transforms.
@@ -183,7 +183,7 @@ def test_glm_on_preprocessed_run_finds_auditory_peaks(native_run, preprocessed):
     from nilearn.glm.first_level import FirstLevelModel
     from nilearn.image import math_img
 
-    from analysis.native_sim import region_centroids
+    from native_sim import region_centroids
 
     model = FirstLevelModel(t_r=native_run.t_r, hrf_model="spm", drift_model="cosine",
                             high_pass=0.01, noise_model="ols", smoothing_fwhm=None,

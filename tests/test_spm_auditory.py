@@ -13,7 +13,7 @@ from conftest import write_config
 
 @pytest.fixture(scope="module")
 def spm_results(tmp_path_factory):
-    from analysis.native_sim import simulate_native_run
+    from native_sim import simulate_native_run
 
     nr = simulate_native_run()
     data_dir = tmp_path_factory.mktemp("nilearn_data")
