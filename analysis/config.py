@@ -30,7 +30,8 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StrictStr, Vali
 
 __all__ = ["config_path", "read_toml", "read_config_file", "validate_config", "describe_validation_error",
            "ConfigError", "DataConfig", "BIDSConfig", "StatMapConfig", "GLMConfig", "InferenceConfig", "OutputConfig",
-           "SimulationConfig", "CalibrationConfig", "DMNConfig", "PreprocessingConfig", "Config", "load_config",
+           "SimulationConfig", "CalibrationConfig", "DMNConfig", "PreprocessingConfig", "StudyConfig", "Config",
+           "load_config",
            "DEFAULT_CONFIG_PATH", "DATASETS", "SEITZMAN_NETWORKS"]
 
 DEFAULT_CONFIG_PATH = Path("analysis.toml")
@@ -232,6 +233,97 @@ class OutputConfig(Section):
     cache_dir: str = ".cache"
 
 
+class StudyConfig(Section):
+    """A whole study (``fmri-report study``, :mod:`analysis.study`): every subject's runs, then the group level.
+
+    The runs come from ``[bids]`` (``root``, ``task``, ``space``, ``confounds``); ``bids.subject`` and ``bids.run``
+    are set per task. Group contrasts are written by design-column name like first-level ones: ``intercept`` and
+    the ``covariates`` (a numeric column of ``participants.tsv`` is centred; a categorical one becomes one centred
+    indicator column per level but the first, e.g. ``sex_M``).
+    """
+
+    subjects: Literal["all"] | Strings = "all"  # labels without "sub-", or "all"
+    contrast: str = ""  # the first-level contrast taken to the group ("" = the first of [contrasts])
+    dir: str = "study"  # study outputs, relative to output.dir
+    scheduler: str = ""  # address of a running Dask scheduler, e.g. "tcp://10.0.0.5:8786" ("" = a LocalCluster)
+    n_workers: int = Field(0, ge=0, le=4096)  # LocalCluster workers (0 = one per core)
+    memory_limit: str = "4GiB"  # per LocalCluster worker, as Dask writes it ("4GiB", "2.5GB", "auto")
+    retries: int = Field(2, ge=0, le=20)  # Dask retries of a subject whose task failed or whose worker died
+    strict: bool = False  # a subject with bad input is an error (exit 2) instead of being left out
+    covariates: Strings = Field((), examples=[["age", "sex"]])  # participants.tsv columns in the group design
+    contrasts: dict[str, str] = Field(default_factory=lambda: {"mean": "intercept"},
+                                      examples=[{"mean": "intercept", "age": "age"}])
+    smoothing_fwhm: float = Field(0.0, ge=0, le=30)  # mm, applied to the subject maps by SecondLevelModel
+    n_perm: int = Field(1000, ge=0, le=100_000)  # permutations (sign flips) of the non-parametric test; 0 = none
+    tfce: bool = True  # threshold-free cluster enhancement in the permutation test (when nilearn has it)
+    random_state: int = Field(0, ge=0)  # seed of the permutations
+    # the simulated study (--dataset simulated-study) only
+    n_subjects: int = Field(8, ge=2, le=200)
+    n_runs: int = Field(2, ge=1, le=10)
+
+    @field_validator("subjects", mode="before")
+    @classmethod
+    def _subjects(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "all":
+            raise ValueError(f"study.subjects = {value!r} is not valid; write \"all\" or a list of labels, "
+                             f"e.g. subjects = [\"{value.removeprefix('sub-')}\"]")
+        if isinstance(value, (list, tuple)):
+            if not value:
+                raise ValueError("study.subjects is empty; write \"all\" or a list of labels, e.g. [\"01\", \"02\"]")
+            for v in value:
+                if not isinstance(v, str):
+                    raise ValueError(f"study.subjects: {v!r} must be a string; write every label in quotes, "
+                                     f"e.g. subjects = [\"{v}\"]")
+                if not _BIDS_LABEL.fullmatch(v):
+                    raise ValueError(f"study.subjects: {v!r} is not a BIDS label; use letters and digits only, "
+                                     "without the 'sub-' prefix")
+            if len(set(value)) != len(value):
+                raise ValueError("study.subjects names a subject twice; list each once")
+        return value
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        if value != "auto" and not re.fullmatch(r"\d+(\.\d+)?\s*([kKMGT]i?B|B)", value):
+            raise ValueError(f"study.memory_limit = {value!r} is not a memory size; write e.g. \"4GiB\", "
+                             "\"2.5GB\" or \"auto\"")
+        return value
+
+    @field_validator("covariates")
+    @classmethod
+    def _covariates(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for c in value:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", c) or c == "intercept":
+                raise ValueError(f"study.covariates: {c!r} is not usable as a participants.tsv column name here; "
+                                 "use a column whose name starts with a letter and holds letters, digits and '_'")
+        if len(set(value)) != len(value):
+            raise ValueError("study.covariates names a column twice; list each once")
+        return value
+
+    @field_validator("contrasts")
+    @classmethod
+    def _contrasts(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("[study.contrasts] is empty; add e.g. mean = \"intercept\"")
+        from .contrasts import ContrastError, check_syntax, entity
+
+        seen: dict[str, str] = {}
+        for name, expr in value.items():
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name) or len(name) > 64:
+                raise ValueError(f"group contrast name {name!r} must start with a letter and hold only letters, "
+                                 "digits and '_' (at most 64); rename it")
+            try:
+                check_syntax(expr, name)
+            except ContrastError as exc:
+                raise ValueError(f"[study.contrasts] {exc}") from None
+            ent = entity(name)
+            if ent.lower() in seen:
+                raise ValueError(f"group contrasts {seen[ent.lower()]!r} and {name!r} would both be saved as "
+                                 f"contrast-{ent}; rename one of them")
+            seen[ent.lower()] = name
+        return value
+
+
 class Config(Section):
     """The whole analysis configuration (immutable).
 
@@ -252,6 +344,7 @@ class Config(Section):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     dmn: DMNConfig = Field(default_factory=DMNConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    study: StudyConfig = Field(default_factory=StudyConfig)
 
     _source: str = PrivateAttr("")
 
