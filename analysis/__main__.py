@@ -6,6 +6,7 @@ Commands::
     fmri-report check [--config F]                                     validate config, [report], inputs; fit nothing
     fmri-report redraw [--config F]                                    redraw the figures from the saved results
     fmri-report render [--config F] [quarto args...]                   run, then ``quarto render`` with the args
+    fmri-report study [--config F] [--scheduler A] [--strict]          a whole study: every subject, then the group
 
 Without a command the flags of earlier versions work as they did: ``python -m analysis [--config F] [--force]
 [--dataset D] [--check] [--prerender] [-q] [-v]`` (``--check`` is ``check``, otherwise ``run``; ``--prerender`` is
@@ -20,7 +21,8 @@ import sys
 
 from .config import DATASETS, ConfigError, read_config_file, validate_config
 
-COMMANDS = ("run", "check", "redraw", "render")
+COMMANDS = ("run", "check", "redraw", "render", "study")
+STUDY_DATASETS = ("simulated-study",)  # --dataset values that run a whole study (analysis.study)
 QUARTO_MISSING = ("quarto not found on PATH; install Quarto >= 1.5 (https://quarto.org/docs/get-started/) "
                   "or add the folder holding the quarto command to PATH")
 
@@ -37,7 +39,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"analysis {__version__}")
     # the flags of earlier versions (no command); every command's flags use the same names
     parser.add_argument("--config", "-c", default=None, help="TOML config (default: $ANALYSIS_CONFIG or analysis.toml)")
-    parser.add_argument("--dataset", choices=DATASETS, help="override data.dataset")
+    parser.add_argument("--dataset", choices=DATASETS + STUDY_DATASETS,
+                        help="override data.dataset (simulated-study: the offline demo of a whole study)")
     parser.add_argument("--force", action="store_true", help="recompute even if cached results are valid")
     parser.add_argument("--check", action="store_true", help="validate only, fit nothing (the check command)")
     parser.add_argument("--prerender", action="store_true",
@@ -60,13 +63,24 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     render = commands.add_parser("render", allow_abbrev=False, help="run, then quarto render (extra args go to quarto)",
                                  description="Run the analysis, then 'quarto render' with every other argument "
                                              "passed through (e.g. --to html, --profile statmap).")
-    for sub in (run, check, redraw, render):
+    study = commands.add_parser("study", help="a whole study: every subject on Dask, then the group level",
+                                description="Every subject's runs (one Dask task per subject), fixed effects "
+                                            "across runs, then the group level ([study] in the config).")
+    study.add_argument("--scheduler", default=argparse.SUPPRESS,
+                       help="address of a running Dask scheduler (default: study.scheduler, else a LocalCluster)")
+    study.add_argument("--strict", action="store_true", default=argparse.SUPPRESS,
+                       help="a subject with bad input is an error (exit 2) instead of being left out")
+    study.add_argument("--n-workers", type=int, default=argparse.SUPPRESS, dest="n_workers",
+                       help="workers of the LocalCluster (default: study.n_workers, 0 = one per core)")
+    study.add_argument("--dataset", choices=("bids",) + STUDY_DATASETS, default=argparse.SUPPRESS,
+                       help="bids (the config's [bids] dataset) or simulated-study (the offline demo)")
+    for sub in (run, check, redraw, render, study):
         sub.add_argument("--config", "-c", **config)
     for sub in (run, check):
         sub.add_argument("--dataset", choices=DATASETS, default=argparse.SUPPRESS, help="override data.dataset")
     run.add_argument("--force", action="store_true", default=argparse.SUPPRESS,
                      help="recompute even if cached results are valid")
-    for sub in (run, check, redraw):
+    for sub in (run, check, redraw, study):
         sub.add_argument("--quiet", "-q", **quiet)
         sub.add_argument("--verbose", "-v", **verbose)
     return parser
@@ -78,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command and (args.check or args.prerender):
         parser.error(f"--check and --prerender are flags without a command; use '{parser.prog} check' or drop them")
     command = args.command or ("check" if args.check else "run")
+    if args.dataset in STUDY_DATASETS and command in ("run", "study"):
+        command = "study"  # python -m analysis --dataset simulated-study: the whole-study demo
+    elif args.dataset in STUDY_DATASETS:
+        parser.error(f"--dataset {args.dataset} is a whole study; use '{parser.prog} study --dataset {args.dataset}'")
     if extra and extra[0] == "--":
         extra = extra[1:]
     if extra and command != "render":
@@ -107,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         data, source = read_config_file(args.config)  # parsed once: the analysis sections and [report]
         meta = validate_report(data, source)  # the [report] table too, before anything is computed or replaced
         config = validate_config(data, source)
+        if command == "study":
+            return _study(config, args)
         if args.dataset:
             config = config.replace(data={"dataset": args.dataset})
         if command == "check":
@@ -150,17 +170,34 @@ def _summary(results) -> str:
             f"{len(c.peaks())} clusters; results in {results.path('results/results.json')}")
 
 
+def _study(config, args) -> int:
+    """``study``: :func:`analysis.study.run_study`; one progress line per subject, a summary at the end."""
+    from . import study
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # the cluster's own chatter
+    if args.dataset in STUDY_DATASETS:
+        config = study.simulated_study_config(config)
+    elif args.dataset:
+        config = config.replace(data={"dataset": args.dataset})
+    quiet = args.quiet
+    res = study.run_study(config, scheduler=getattr(args, "scheduler", None), n_workers=getattr(args, "n_workers", None),
+                          strict=True if getattr(args, "strict", False) else None,
+                          progress=(lambda line: None) if quiet else (lambda line: print(line, flush=True)))
+    c = res.contrast()
+    fdr = c.threshold("fdr")
+    left = f"; left out: {', '.join(f'sub-{k} ({v})' for k, v in res.excluded.items())}" if res.excluded else ""
+    print(f"study: {res.n_subjects} of {len(res.subjects)} subjects in the group{left}; group contrast {c.name}: "
+          f"FDR q < {fdr.spec.alpha:g}: {fdr.n_pos} positive / {fdr.n_neg} negative voxels; "
+          f"results in {res.path(str(study.STUDY_RESULTS))}")
+    return 0
+
+
 def _redraw(config) -> int:
-    """``redraw``: :func:`analysis.pipeline.redraw` (figures from the saved results, no refit), when it exists."""
+    """``redraw``: :func:`analysis.pipeline.redraw` (every figure from the saved results, no refit)."""
     from . import pipeline
 
-    redraw = getattr(pipeline, "redraw", None)  # HOOK: pipeline.redraw(config) is being written
-    if redraw is None:
-        print("error: redraw is not available in this version", file=sys.stderr)
-        return 2
-    out = redraw(config)
-    if out is not None:
-        print(_summary(out) if hasattr(out, "contrast") else out)
+    paths = pipeline.redraw(config)
+    print(f"redrew {len(paths)} figures from the saved results in {paths[0].parent if paths else 'figures/'}")
     return 0
 
 

@@ -663,8 +663,7 @@ def label_cluster_table(cluster_table: pd.DataFrame, label_maps=None,
         The input columns plus ``Label``, ``Harvard-Oxford cortical``, ``Harvard-Oxford subcortical``,
         ``Label distance (mm)`` for every row, and, on main-peak rows, ``Top Region``,
         ``Top Region Share`` (fraction) and ``Regions`` (e.g. ``"Left Heschl's Gyrus 62.5 %; ..."``).
-        ``attrs["caption"]`` names the atlas; ``attrs["unavailable"]`` maps atlases that could not be
-        loaded to the reason; ``attrs["space"]`` is the space.
+        The caption naming the atlases is :func:`label_caption` (kept in ``Results.atlas``).
     """
     table = cluster_table.reset_index(drop=True).copy()
     if is_mni(space):
@@ -700,9 +699,6 @@ def label_cluster_table(cluster_table: pd.DataFrame, label_maps=None,
         table["Top Region"] = top
         table["Top Region Share"] = top_share
         table["Regions"] = text
-    table.attrs["space"] = space
-    table.attrs["caption"] = label_caption(atlases if is_mni(space) else None, space)
-    table.attrs["unavailable"] = unavailable_atlases(atlases) if is_mni(space) else {}
     return table
 
 

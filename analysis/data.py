@@ -201,8 +201,8 @@ def _load_simulated(config: Config, cache_dir: Path, fallback_reason: str = "") 
             log.warning("%s: simulated dataset cache unreadable; regenerating", folder)
     if sim is None:
         log.info("generating the simulated dataset (seed %d)", params.seed)
-        sim = simulate.simulate_run(params)
-        simulate.save_simulated(sim, folder)
+        simulate.save_simulated(simulate.simulate_run(params), folder)
+        sim = simulate.load_simulated(folder)  # as a later run reads it: outputs never depend on the cache's state
     files = {p.name: str(p) for p in sorted(folder.iterdir()) if p.is_file()}
     events = check_events(sim.events, sim.bold_img.shape[3], sim.t_r, str(folder / "events.tsv"))
     return Run(bold_img=sim.bold_img, events=events, t_r=float(sim.t_r), dataset="simulated",

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from nilearn.glm.first_level import FirstLevelModel, make_first_level_design_matrix  # noqa: F401
 
-from .config import Config, GLMConfig
+from .config import GLMConfig
 from .contrasts import ContrastError, entity
 from .contrasts import contrast_vector as _parse
 
@@ -92,8 +92,8 @@ def contrast_matrix(contrasts: dict[str, str], design: pd.DataFrame) -> pd.DataF
     return table.rename_axis(index="contrast", columns=None)
 
 
-def fit(bold_img, design: pd.DataFrame, config: Config, mask_img=None) -> FirstLevelModel:
-    """Fit the first-level GLM with the configured noise model.
+def fit(bold_img, design: pd.DataFrame, glm: GLMConfig, mask_img=None) -> FirstLevelModel:
+    """Fit the first-level GLM with the configured noise model (the ``[glm]`` settings, ``config.glm``).
 
     Parameters
     ----------
@@ -101,11 +101,12 @@ def fit(bold_img, design: pd.DataFrame, config: Config, mask_img=None) -> FirstL
         4D run.
     design : DataFrame
         From :func:`make_design`.
-    config : Config
+    glm : GLMConfig
+        ``t_r``, ``hrf_model``, ``drift_model``, ``high_pass``, ``smoothing_fwhm``, ``standardize``,
+        ``signal_scaling``, ``n_jobs``, ``noise_model``, ``rho_fwhm``.
     mask_img : Nifti1Image, optional
         Brain mask; ``None`` lets nilearn compute an EPI mask.
     """
-    glm = config.glm
     kwargs = dict(t_r=glm.t_r, hrf_model=glm.hrf_model, drift_model=glm.drift_model, high_pass=glm.high_pass,
                   smoothing_fwhm=glm.smoothing_fwhm or None, standardize=glm.standardize,
                   signal_scaling=glm.signal_scaling, n_jobs=glm.n_jobs, mask_img=mask_img,

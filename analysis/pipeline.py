@@ -1,24 +1,22 @@
-"""``run(config) -> Results``: the only place that writes to disk.
+"""``run(config) -> Results``: the orchestration of the analysis, the only place that writes results.
 
-Outputs (under ``config.output.dir``)::
+Outputs (under ``config.output.dir``), named by BIDS entities (:mod:`analysis.derivatives`)::
 
-    figures/      PNG figures named by entities (contrast-<name>_desc-glass_statmap.png ...)
-    tables/       TSV tables (clusters, thresholds, design)
-    derivatives/  NIfTI maps with JSON sidecars
-    results/      results.json (the Results object; read by the chapters)
+    derivatives/  a BIDS derivatives dataset: maps and masks with JSON sidecars, dataset_description.json
+    tables/       TSV tables (clusters, design, motion)
+    figures/      PNG figures, each drawn from the saved results and derivatives (analysis.figures.draw)
+    results/      results.json (the typed Results tree; read by the chapters) and the manifest
 
-Everything is written to a staging folder first and moved into place only when
-complete, under a file lock, so an interrupted run or two concurrent renders never
-leave a half-written or mixed set of results. Results are cached: the key is built
-from the configuration, the package version and the checksums of the input files.
+A generation is staged and published whole (:mod:`analysis.outputs`), under a lock; results are cached
+(:mod:`analysis.cache`). A change of the figure code redraws the figures from the saved results, never refits.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,18 +25,20 @@ import numpy as np
 import pandas as pd
 
 from . import __version__, data, outputs
+from .cache import (RENDER_ONLY, RESULTS_FILE, cache_dir, code_fingerprint, compute_cache_key, figures_fingerprint,
+                    input_checksums, valid_cached)
 from .config import Config, ConfigError, load_config
-from .figures.parallel import figure_module
+from .derivatives import RunEntities, bids_name, write_dataset_description, write_image
+from .figures import draw
 from .results import (AtlasInfo, CalibrationResults, ContrastResult, DatasetInfo, DMNAnalysis, DMNOverlapSummary,
                       InputFile, ModelInfo, Preprocessing, PreprocessingContext, Results, StatmapInfo)
 
-__all__ = ["run", "check", "check_design", "cache_dir", "load_results", "OUTPUT_FOLDERS", "compute_cache_key",
-           "code_fingerprint", "RENDER_ONLY"]
+__all__ = ["run", "redraw", "check", "check_design", "cache_dir", "load_results", "OUTPUT_FOLDERS",
+           "compute_cache_key", "code_fingerprint", "figures_fingerprint", "RENDER_ONLY"]
 
 log = logging.getLogger("analysis")
 
 OUTPUT_FOLDERS = outputs.OUTPUT_FOLDERS
-RESULTS_FILE = Path("results") / "results.json"
 
 
 # ----------------------------------------------------------------------------- public API
@@ -74,16 +74,19 @@ def run(config: Config | str | Path | None = None, *, force: bool = False) -> Re
     _check_writable(out)
     cache.mkdir(parents=True, exist_ok=True)
     if not force:
-        cached = _valid_cached(config, out)
-        if cached is not None:
+        cached = valid_cached(config, out)
+        if cached is not None and cached.figures_code == figures_fingerprint():
             log.info("results are up to date (cache key %s)", cached.cache_key[:12])
             return cached
     outputs.check_owned(out)  # before any computation: never replace what the project did not write
     with outputs.lock(cache / "analysis.lock"):
         if not force:  # another process may have finished while we waited
-            cached = _valid_cached(config, out)
+            cached = valid_cached(config, out)
             if cached is not None:
-                return cached
+                if cached.figures_code == figures_fingerprint():
+                    return cached
+                log.info("the figure code changed: redrawing the figures from the saved results")
+                return _redraw_generation(out, cached)
         outputs.remove_stale(out)  # left by a killed run (only folders carrying our marker)
         stage = outputs.new_stage(out)
         try:
@@ -92,6 +95,62 @@ def run(config: Config | str | Path | None = None, *, force: bool = False) -> Re
             outputs.publish(stage, out)
         finally:
             outputs.discard(stage)
+    return Results.from_json(out / RESULTS_FILE, output_dir=out)
+
+
+def redraw(config: Config | str | Path | None = None) -> list[Path]:
+    """Redraw every figure from the saved results and derivatives, without fitting (``fmri-report redraw``).
+
+    The figures are byte-identical to the run's when the figure code has not changed. Returns their paths.
+
+    Raises
+    ------
+    DataError
+        One line when there are no results to redraw from, or they were changed since the run.
+    """
+    if not isinstance(config, Config):
+        config = load_config(config)
+    out = Path(config.output.dir).resolve()
+    outputs.check_output_dir(out, _project_dirs())
+    path = out / RESULTS_FILE
+    if not path.exists():
+        raise data.DataError(f"{path}: no results to redraw the figures from; run the analysis first "
+                             "(fmri-report run)")
+    outputs.check_owned(out)
+    if not outputs.verify(out):
+        raise data.DataError(f"{out}: the outputs differ from the manifest of the run that wrote them; run the "
+                             "analysis again (fmri-report run --force)")
+    cache = cache_dir(config)
+    cache.mkdir(parents=True, exist_ok=True)
+    with outputs.lock(cache / "analysis.lock"):
+        results = _redraw_generation(out, Results.from_json(path, output_dir=out))
+    return [out / rel for rel in results.figures.values()]
+
+
+def _redraw_generation(out: Path, results: Results) -> Results:
+    """A new generation: the files of the current one with every figure drawn again from them."""
+    from .figures.parallel import FigurePool
+
+    outputs.remove_stale(out)
+    stage = outputs.new_stage(out)
+    try:
+        for rel in outputs.read_manifest(out) or {}:
+            if rel.startswith(draw.FIGURES + "/") or rel == outputs.MANIFEST.as_posix():
+                continue
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(out / rel, stage / rel)
+        specs = draw.figure_specs(results)
+        new = dataclasses.replace(results, figures={s.role: s.path for s in specs}, figures_code=figures_fingerprint())
+        (stage / RESULTS_FILE).write_text(new.to_json(), encoding="utf-8")
+        _step(f"drawing {len(specs)} figures from the saved results")
+        with FigurePool() as pool:
+            for spec in specs:
+                pool.submit(draw.draw_spec, spec, str(stage))
+            pool.results()
+        outputs.write_manifest(stage)
+        outputs.publish(stage, out)
+    finally:
+        outputs.discard(stage)
     return Results.from_json(out / RESULTS_FILE, output_dir=out)
 
 
@@ -157,46 +216,7 @@ def check(config: Config | str | Path | None = None) -> str:
             f"{len(config.contrasts)} contrast(s) valid")
 
 
-# Modules read only when the report is rendered (prose, tables, title page): editing them never changes a result,
-# so they are left out of the cache key; every other module computes (or draws the figures the run writes).
-RENDER_ONLY = ("__main__.py", "checklist.py", "freeze.py", "metadata.py", "report.py", "tables.py", "text.py")
-
-
-def code_fingerprint(package_dir: Path | None = None) -> str:
-    """SHA-256 over the source of every module that computes results or draws the run's figures.
-
-    Part of the cache key, so results are never served after an edit of the code that made them (the
-    templates and the render-only modules in :data:`RENDER_ONLY` are read at render time and left out).
-    """
-    package_dir = package_dir or Path(__file__).parent
-    h = hashlib.sha256()
-    for path in sorted(package_dir.rglob("*.py")):
-        rel = path.relative_to(package_dir).as_posix()
-        if rel in RENDER_ONLY or "__pycache__" in rel:
-            continue
-        h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
-def compute_cache_key(config: Config, input_checksums: dict[str, str], code: str | None = None) -> str:
-    """SHA-256 over the canonical config, the package version, the computing code and the input checksums."""
-    h = hashlib.sha256()
-    h.update(config.canonical_json().encode())
-    h.update(__version__.encode())
-    h.update((code or code_fingerprint()).encode())
-    for name in sorted(input_checksums):
-        h.update(f"{name}={input_checksums[name]}".encode())
-    return h.hexdigest()
-
-
 # ----------------------------------------------------------------------------- cache
-
-def cache_dir(config: Config) -> Path:
-    """The resolved cache folder (``output.cache_dir``, relative to ``output.dir``)."""
-    cache = Path(config.output.cache_dir)
-    return (cache if cache.is_absolute() else Path(config.output.dir) / cache).resolve()
-
-
 
 def _check_writable(out: Path) -> None:
     try:
@@ -207,84 +227,6 @@ def _check_writable(out: Path) -> None:
     except OSError as exc:
         raise data.DataError(f"{out}: output folder cannot be written ({exc.strerror}); "
                              "set output.dir in the config to a writable folder") from None
-
-
-def _valid_cached(config: Config, out: Path) -> Results | None:
-    path = out / RESULTS_FILE
-    if not path.exists():
-        return None
-    try:
-        text = path.read_bytes()
-        stored = json.loads(text)
-        files = stored["dataset"]["files"]
-        if stored["dataset"]["fallback_reason"] and _spm_auditory_present(config):
-            return None  # the real data has appeared since the fallback
-        if not all(Path(entry["path"]).exists() for entry in files.values()):
-            return None
-        checksums = _checksums({n: e["path"] for n, e in files.items()}, cache_dir(config))
-        if stored["cache_key"] != compute_cache_key(config, checksums):
-            return None
-        results = Results.from_text(text, output_dir=out)
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        log.warning("%s: cached results unreadable (%s); recomputing", path, exc)
-        return None
-    missing = [p for p in _recorded_paths(results) if not (out / p).exists()]
-    if missing or not outputs.verify(out):  # every file of the generation present with its recorded hash
-        return None
-    return results
-
-
-_STAMPS_FILE = "input-checksums.json"
-_RACY_S = 2.0  # a file changed this recently is hashed again next time (an edit within the same tick)
-
-
-def _checksums(paths: dict[str, str], cache: Path, known: dict[str, str] | None = None) -> dict[str, str]:
-    """SHA-256 per input file, re-hashed only when its (dev, inode, size, mtime, ctime) stamp changed.
-
-    Any write changes ctime, which no tool can set back, so an unchanged stamp means unchanged content
-    (the scheme git's index uses). ``known`` holds hashes already computed in this run (resolved path -> hex).
-    """
-    store = cache / _STAMPS_FILE
-    try:
-        known = json.loads(store.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        known = {}
-    out, changed, now = {}, False, time.time()
-    for name, p in paths.items():
-        p = str(Path(p).resolve())
-        st = os.stat(p)
-        stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-        entry = known.get(p)
-        if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
-            out[name] = entry["sha256"]
-            continue
-        out[name] = (known or {}).get(p) or data.file_sha256(p)
-        if now - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 > _RACY_S:
-            known[p] = {"stamp": stamp, "sha256": out[name]}
-            changed = True
-    if changed:
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            tmp = cache / f".{_STAMPS_FILE}.{os.getpid()}"
-            tmp.write_text(json.dumps(known, indent=0, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, store)
-        except OSError:
-            pass
-    return out
-
-
-def _spm_auditory_present(config: Config) -> bool:
-    if config.data.dataset != "spm_auditory":
-        return False
-    base = Path(data.nilearn_data_dir(config) or Path.home() / "nilearn_data")
-    return (base / "spm_auditory" / "MoAEpilot" / "sub-01").exists()
-
-
-def _recorded_paths(results: Results) -> list[str]:
-    paths = list(results.figures.values())
-    for c in results.contrasts.values():
-        paths += list(c.files.values())
-    return paths
 
 
 # ----------------------------------------------------------------------------- the analysis
@@ -315,28 +257,27 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     check_design(run, config.replace(glm={"t_r": run.t_r}))  # events and contrasts, before any computation
     config_key = config
     config = config.replace(glm={"t_r": run.t_r})  # from here on the TR is the data's (checked above)
-    w = _Writer(stage, pool)
+    w = _Writer(stage, pool, RunEntities(**run.entities, space=run.space))
     raw = run  # as acquired: the data chapter describes it; preprocessing may move it to MNI space
     run, preprocessing = _preprocess(config, run, w)
+    w.entities = w.entities.with_space(run.space)
     if run is not raw:
-        _data_figures(w, raw)  # drawn while the analysis goes on
+        _data_derivatives(w, raw)  # drawn while the analysis goes on
     _step("reading the run: brain mask and one voxel-by-time matrix")
     matrix = data.read_bold(run)  # the one read of the run: every stage below works from it or from the model
     # the input checksums; the run's file was hashed as it was read
-    checksums = _checksums(dict(sorted(run.files.items())), cache_dir(config), known=matrix.file_sha256)
+    checksums = input_checksums(dict(sorted(run.files.items())), cache_dir(config), known=matrix.file_sha256)
     key = compute_cache_key(config_key, checksums)
     if run is raw:
-        _data_figures(w, raw, matrix)
+        _data_derivatives(w, raw, matrix)
     bold = matrix
 
     _step("building the design matrix")
     design = check_design(run, config)
     conditions = sorted(run.events["trial_type"].unique())
-    (design.rename_axis("frame_time").to_csv(stage / "tables" / "design.tsv", sep="\t", float_format="%.6g"))
+    design_path = w.table(design.rename_axis("frame_time"), "design", "design", index=True)
     cmat = glm.contrast_matrix(config.contrasts, design)
-    fmaps = figure_module("maps")
-    w.draw(fmaps.plot_design, design, w.fig("design", "desc-design_matrix.png"))
-    w.draw(fmaps.plot_contrasts, cmat, design, w.fig("contrasts", "desc-contrasts_matrix.png"))
+    w.draw(draw.design_specs(cmat, design_path, w.entities))
 
     _step(f"fitting the GLM ({config.glm.noise_model} noise model)")
     mask = matrix.mask_report
@@ -346,7 +287,7 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     residual_dof = float(run.n_scans - np.linalg.matrix_rank(design.to_numpy()))
     rft_inference = _rft_from_model(config, model, mask_img, residual_dof)  # smoothness from the residuals
 
-    bg_img = _background(run, matrix)
+    bg_img = draw.background_for(run.space, w.files)
     atlases = _label_atlases(config, run.space)
 
     _step("thresholding, cluster tables and map figures")
@@ -364,7 +305,7 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     if config.dmn.enabled:
         first = next(iter(contrast_results.values()))
         dmn = _dmn(config, run, bold, design, maps[first.name], first, mask.mask_img, w, bg_img, model,
-                   thresholded[first.name])
+                   thresholded[first.name], atlases=atlases)
     if config.calibration.enabled:
         calibration = _calibrate(config, bold, design, mask.mask_img, model, w, run)
 
@@ -393,31 +334,37 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
         n_mask_voxels=int(np.count_nonzero(np.asarray(mask_img.dataobj))),
         mask_source=mask.source, n_excluded_nonfinite=mask.n_nonfinite, n_excluded_constant=mask.n_constant,
         contrast_matrix=cmat)
+    versions = _versions()
     results = Results(cache_key=key, config=config, dataset=dataset, model=model_info, contrasts=contrast_results,
-                      figures=w.figures, versions=_versions(), atlas=_atlas_info(atlases, run.space),
+                      figures=w.figures, versions=versions, atlas=_atlas_info(atlases, run.space),
                       rft=rft_inference, preprocessing=preprocessing, dmn=dmn, calibration=calibration,
+                      entities=dict(run.entities), files=dict(w.files), figures_code=figures_fingerprint(),
                       output_dir=str(out))
-    w.wait()
+    write_dataset_description(stage, version=__version__, source=run.description, versions=versions)
+    w.wait(results)
     (stage / RESULTS_FILE).write_text(results.to_json(), encoding="utf-8")
     log.info("analysis finished in %.1f s", time.perf_counter() - t0)
     return results
 
 
-def _data_figures(w: _Writer, raw: data.Run, matrix: data.BoldMatrix | None = None) -> None:
-    """The first volumes and the mean image of the run as acquired (and its anatomical image).
+def _data_derivatives(w: _Writer, raw: data.Run, matrix: data.BoldMatrix | None = None) -> None:
+    """The first volumes and the mean image of the run as acquired (and its anatomical image), and their figures.
 
     From the summaries ``matrix`` kept when it read the run, when given (the run is not read again)."""
-    fmaps = figure_module("maps")
     if matrix is not None:
         first, mean = matrix.first_volumes_img(), matrix.mean_img()
     else:
         from nilearn.image import mean_img
 
         first, mean = raw.bold_img.slicer[..., :4], mean_img(raw.bold_img, copy_header=True)
-    w.draw(fmaps.plot_volumes, first, w.fig("volumes", "desc-firstvolumes_bold.png"))
-    w.draw(fmaps.plot_image, mean, w.fig("mean", "desc-mean_bold.png"))
+    acquired = w.entities.with_space(raw.space)
+    w.image("firstvolumes", first, acquired, "bold", {"Description": "the first volumes of the run as acquired"},
+            desc="firstvolumes")
+    w.image("mean", mean, acquired, "bold", {"Description": "mean over time of the run as acquired"}, desc="mean")
     if raw.anat_img is not None:
-        w.draw(fmaps.plot_image, raw.anat_img, w.fig("anat", "desc-anat_T1w.png"))
+        w.image("anat", raw.anat_img, acquired, "T1w",
+                {"Description": "the anatomical image as given"}, desc="anat")
+    w.draw(draw.data_specs(w.files, acquired))
 
 
 def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
@@ -432,9 +379,9 @@ def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
     smooth_files = {f"{key}:{Path(f).name}": str(_existing(f, f"statmap.{key}"))  # in the cache key, as the map
                     for key, f in (("rpv", config.statmap.rpv), ("smoothness_file", config.statmap.smoothness_file))
                     if f}
-    checksums = _checksums({name: sm.path, **smooth_files}, cache_dir(config))
+    checksums = input_checksums({name: sm.path, **smooth_files}, cache_dir(config))
     key = compute_cache_key(config, checksums)
-    w = _Writer(stage, pool)
+    w = _Writer(stage, pool, RunEntities(space=sm.space))
     bg_img = MNI_BACKGROUND
     atlases = _label_atlases(config, sm.space)
     rft_inference = _rft_from_statmap(config, sm)
@@ -460,16 +407,18 @@ def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
         n_scans=0, t_r=0.0, t_r_header=0.0, has_anat=False,
         events=pd.DataFrame(columns=["onset", "duration", "trial_type"]),
         files={name: InputFile(path=sm.path, sha256=checksums[name])})
+    versions = _versions()
     results = Results(cache_key=key, config=config, dataset=dataset, model=None,
-                      contrasts={sm.contrast: contrast}, figures=w.figures, versions=_versions(),
+                      contrasts={sm.contrast: contrast}, figures=w.figures, versions=versions,
                       atlas=_atlas_info(atlases, sm.space), rft=rft_inference,
                       rft_reason="" if rft_inference is not None else (
                           "a statistical map has no residuals to estimate its smoothness from, and none was given"),
                       dmn_overlap=dmn_overlap,
                       statmap=StatmapInfo(path=sm.path, stat=sm.stat, dof=sm.dof, source=sm.source,
                                           coverage=sm.coverage, conversion=sm.conversion),
-                      output_dir=str(out))
-    w.wait()
+                      files=dict(w.files), figures_code=figures_fingerprint(), output_dir=str(out))
+    write_dataset_description(stage, version=__version__, source=f"the statistical map {name}", versions=versions)
+    w.wait(results)
     (stage / RESULTS_FILE).write_text(results.to_json(), encoding="utf-8")
     return results
 
@@ -518,56 +467,68 @@ def _dmn_overlap(config: Config, mask_img, contrast: ContrastResult, w, bg_img, 
     ``{key: (image, ThresholdResult)}``), at the primary threshold and at each of the others.
     """
     from .dmn import dmn_definitions, overlaps_by_threshold
-    fdmn = figure_module("dmn")
 
     defs = dmn_definitions(data.nilearn_data_dir(config), node_radius=config.dmn.node_radius, control_network=None)
     if defs.main_img is None:
         return DMNOverlapSummary(available=False, reason="no DMN atlas could be loaded", source=defs.network_source)
     primary_img, primary = thresholded[contrast.primary_key]
     overlaps = overlaps_by_threshold(thresholded, defs.main_img, mask_img)
-    w.draw(fdmn.plot_z_with_dmn_contours, primary_img, defs.main_img,
-           w.fig("dmn.contours", f"contrast-{contrast.entity}_desc-dmncontours_statmap.png"),
-           threshold=_display_cut(primary), bg_img=bg_img)
-    return DMNOverlapSummary(available=True, source=defs.network_source, threshold=primary,
-                             overlaps=tuple(overlaps))
-
-
-def _display_cut(result) -> float:
-    """Colour threshold for drawing an already thresholded map: just below its cut-off (every survivor shows)."""
-    return float(np.nextafter(result.z_threshold, 0)) if result.has_cutoff else 1.0
+    w.image("dmn_mask", defs.main_img, w.entities, "mask", {"Description": f"the DMN: {defs.network_source}"},
+            desc="dmn")
+    ov = DMNOverlapSummary(available=True, source=defs.network_source, threshold=primary, overlaps=tuple(overlaps))
+    w.draw(draw.dmn_overlap_specs(ov, contrast, w.files, w.entities, bg=bg_img))
+    return ov
 
 
 class _Writer:
-    """Writes figures and derivative maps into the staging folder and records their relative paths."""
+    """Writes a generation's derivative maps and tables into the staging folder, and submits its figures.
 
-    def __init__(self, stage: Path, pool=None):
+    Every name carries the run's BIDS entities (:mod:`analysis.derivatives`); every map gets a JSON sidecar.
+    Figures are drawn from those files (:mod:`analysis.figures.draw`), in worker processes when there is a pool.
+    """
+
+    def __init__(self, stage: Path, pool, entities: RunEntities):
         self.stage = stage
         self.pool = pool
-        self.figures: dict[str, str] = {}
+        self.entities = entities
+        self.files: dict[str, str] = {}  # run-level derivatives: role -> path relative to the output folder
+        self.figures: dict[str, str] = {}  # role -> path relative to the output folder
+        self._submitted: list[tuple[str, str, str]] = []
 
-    def draw(self, func, *args, **kwargs):
-        """Draw a figure in a worker process (or here when there is no pool); files are identical either way."""
-        if self.pool is None:
-            return func(*args, **kwargs)
-        return self.pool.submit(func, *args, **kwargs)
+    def image(self, role: str | None, img, entities: RunEntities, suffix: str, sidecar: dict, **more) -> str:
+        """Save a map (``entities`` + ``more`` name it) with its sidecar; record it under ``role`` if given."""
+        space = entities.as_dict().get("space")
+        rel = f"{entities.folder}/{bids_name(entities, suffix, '.nii.gz', **more)}"
+        write_image(self.stage, img, rel, {**({"Space": space} if space else {}), **sidecar})
+        if role:
+            self.files[role] = rel
+        return rel
 
-    def fig(self, role: str, filename: str) -> Path:
-        self.figures[role] = f"figures/{filename}"
-        return self.stage / "figures" / filename
+    def table(self, df: pd.DataFrame, suffix: str, role: str | None = None, *, index: bool = False, **more) -> str:
+        rel = f"tables/{bids_name(self.entities, suffix, '.tsv', **more)}"
+        df.to_csv(self.stage / rel, sep="\t", index=index, float_format="%.6g")
+        if role:
+            self.files[role] = rel
+        return rel
 
-    def wait(self) -> None:
-        """Wait for every figure drawn in a worker; re-raise the first drawing error."""
+    def draw(self, specs) -> None:
+        """Submit figures (:class:`analysis.figures.draw.FigureSpec`); their inputs are already written."""
+        for spec in specs:
+            self.figures[spec.role] = spec.path
+            self._submitted.append((spec.role, spec.path, spec.func))
+            if self.pool is None:
+                draw.draw_spec(spec, self.stage)
+            else:
+                self.pool.submit(draw.draw_spec, spec, str(self.stage))
+
+    def wait(self, results: Results) -> None:
+        """Wait for every figure; check they are exactly those a redraw from ``results`` would draw."""
+        planned = [(s.role, s.path, s.func) for s in draw.figure_specs(results)]
+        if sorted(planned) != sorted(self._submitted):
+            raise RuntimeError(f"the run drew {sorted(self._submitted)} but the results plan {sorted(planned)}")
         if self.pool is not None:
             _step("finishing the figures")
             self.pool.results()
-
-    def derivative(self, img, filename: str, sidecar: dict) -> str:
-        import nibabel as nib
-
-        nib.save(img, self.stage / "derivatives" / filename)
-        (self.stage / "derivatives" / filename.replace(".nii.gz", ".json")).write_text(
-            json.dumps(sidecar, indent=1, sort_keys=True))
-        return f"derivatives/{filename}"
 
 
 def _atlas_info(atlases, space: str) -> AtlasInfo:
@@ -597,7 +558,6 @@ def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, dire
     step counts its overlap on these very maps.
     """
     from . import glm, inference
-    fmaps = figure_module("maps")
 
     ent = glm.entity(name)
     z_img = inference.mask_map(z_img, mask_img)  # the one map every threshold, table, figure and file reads
@@ -612,56 +572,41 @@ def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, dire
         from .atlas import label_cluster_table
 
         clusters = label_cluster_table(clusters, label_img, atlases, space=space)
-        clusters.attrs = {}
     if rft is not None:  # SPM's columns: cluster p(FWE), p(unc) at the table's height; peak p(FWE), q(FDR)
         from . import rft as rft_module
 
         in_mask = np.asarray(mask_img.dataobj) > 0
         clusters = rft_module.add_cluster_table_columns(clusters, z_img.get_fdata()[in_mask], primary.z_threshold,
                                                         rft)
-    # the figures first (the longest first), so the drawing processes work while the maps are written
-    peaks = clusters[clusters["Cluster ID"].astype(str).str.fullmatch(r"\d+")]
-    cut = tuple(float(v) for v in peaks.iloc[0][["X", "Y", "Z"]]) if len(peaks) else None  # slices through the top peak
-    w.draw(fmaps.plot_threshold_panel,
-           {k: img for k, (img, _) in thr.items()}, {k: r.label for k, (_, r) in thr.items()},
-           {k: f"{r.n_pos} + / {r.n_neg} \u2212 voxels" for k, (_, r) in thr.items()},
-           w.fig(f"{name}.thresholds", f"contrast-{ent}_desc-thresholds_statmap.png"))
-    w.draw(fmaps.plot_glass, primary_img, w.fig(f"{name}.glass", f"contrast-{ent}_desc-glass_statmap.png"))
-    if viewer:
-        w.draw(fmaps.plot_viewer, z_img, w.fig(f"{name}.viewer", f"contrast-{ent}_desc-viewer_statmap.html"),
-               mni=space.startswith("MNI"), threshold=primary.z_threshold if primary.survived else None,
-               title=f"{name}: z")
-    w.draw(fmaps.plot_map, z_img, w.fig(f"{name}.z", f"contrast-{ent}_stat-z_statmap.png"), bg_img=bg_img,
-           cut_coords=cut, colorbar_label="z")
+    base = {"Contrast": name, "ContrastExpression": expression, **(extra_sidecar or {})}
+    ents = w.entities
+    unit = "% signal change" if config.glm.signal_scaling == 0 else "BOLD units"
+    unthresholded = {"Thresholded": False, "Threshold": None}
+    files = {"z": w.image(None, z_img, ents, "statmap", {**base, "Statistic": "z", **unthresholded},
+                          contrast=ent, stat="z")}
     if effect_img is not None:
-        w.draw(fmaps.plot_map, effect_img, w.fig(f"{name}.effect", f"contrast-{ent}_stat-effect_statmap.png"),
-               bg_img=bg_img, cut_coords=cut,
-               colorbar_label="% signal change" if config.glm.signal_scaling == 0 else "effect")
-
-    base = {"Contrast": name, "ContrastExpression": expression, "Space": space, **(extra_sidecar or {})}
-    files = {"z": w.derivative(z_img, f"contrast-{ent}_stat-z_statmap.nii.gz",
-                               {**base, "Statistic": "z", "Thresholded": False, "Threshold": None})}
-    if effect_img is not None:
-        files["effect"] = w.derivative(
-            effect_img, f"contrast-{ent}_stat-effect_statmap.nii.gz",
-            {**base, "Statistic": "effect size", "Thresholded": False, "Threshold": None,
-             "Units": "% signal change" if config.glm.signal_scaling == 0 else "BOLD units"})
+        files["effect"] = w.image(None, effect_img, ents, "statmap",
+                                  {**base, "Statistic": "effect size", **unthresholded, "Units": unit},
+                                  contrast=ent, stat="effect")
     if variance_img is not None:  # for fixed effects across runs and the group level (analysis.study)
-        files["variance"] = w.derivative(
-            variance_img, f"contrast-{ent}_stat-variance_statmap.nii.gz",
-            {**base, "Statistic": "variance of the effect size", "Thresholded": False, "Threshold": None,
-             "Units": "(% signal change)^2" if config.glm.signal_scaling == 0 else "BOLD units squared"})
-    files["z_thresholded"] = w.derivative(
-        primary_img, f"contrast-{ent}_stat-z_desc-thresholded_statmap.nii.gz",
-        {**base, "Statistic": "z", "Thresholded": True, "Threshold": primary.label,
-         "ZThreshold": primary.z_threshold if np.isfinite(primary.z_threshold) else None})
+        files["variance"] = w.image(None, variance_img, ents, "statmap",
+                                    {**base, "Statistic": "variance of the effect size", **unthresholded,
+                                     "Units": "(% signal change)^2" if config.glm.signal_scaling == 0
+                                     else "BOLD units squared"}, contrast=ent, stat="variance")
+    for key, (img, r) in thr.items():  # every threshold of the results chapter, as a map (desc = its key)
+        files[f"thresholded.{key}"] = w.image(
+            None, img, ents, "statmap",
+            {**base, "Statistic": "z", "Thresholded": True, "Threshold": r.label,
+             "ZThreshold": r.z_threshold if np.isfinite(r.z_threshold) else None,
+             "ClusterExtent": r.spec.cluster_threshold, "Primary": key == config.inference.primary},
+            contrast=ent, stat="z", desc=glm.entity(key))
+    files["z_thresholded"] = files[f"thresholded.{config.inference.primary}"]
     if label_img is not None:
-        files["clusters_img"] = w.derivative(
-            label_img, f"contrast-{ent}_desc-clusters_dseg.nii.gz",
+        files["clusters_img"] = w.image(
+            None, label_img, ents, "dseg",
             {**base, "Description": "cluster number as in the cluster table", "Statistic": "z",
-             "Thresholded": True, "Threshold": primary.label})
-    files["clusters"] = f"tables/contrast-{ent}_clusters.tsv"
-    clusters.to_csv(w.stage / files["clusters"], sep="\t", index=False, float_format="%.6g")
+             "Thresholded": True, "Threshold": primary.label}, contrast=ent, desc="clusters")
+    files["clusters"] = w.table(clusters, "clusters", contrast=ent)
 
     recovery = None
     if truth is not None:
@@ -670,11 +615,14 @@ def _infer_contrast(w: _Writer, config: Config, name: str, expression: str, dire
         recovery = {k: float(v) for k, v in simulate.recovery(thr["fdr"][0], truth).items()}
     z = z_img.get_fdata()[np.asarray(mask_img.dataobj) > 0]
 
-    return ContrastResult(
+    result = ContrastResult(
         name=name, entity=ent, expression=expression, vector=tuple(vector),
         thresholds=tuple(r for _, r in thr.values()), primary_key=config.inference.primary,
         clusters=clusters, z_max=float(z.max()), z_min=float(z.min()), direction=direction, files=files,
-        recovery=recovery), thr
+        recovery=recovery)
+    w.draw(draw.contrast_specs(result, ents, bg=bg_img, viewer=viewer,
+                               effect_label="% signal change" if config.glm.signal_scaling == 0 else "effect"))
+    return result, thr
 
 
 def _preprocess(config: Config, run: data.Run, w: _Writer) -> tuple[data.Run, Preprocessing]:
@@ -726,25 +674,25 @@ def _preprocess(config: Config, run: data.Run, w: _Writer) -> tuple[data.Run, Pr
     if n_motion:
         motion = pre.confounds(derivatives=n_motion == 12)
         confounds = motion if confounds is None else pd.concat([confounds.reset_index(drop=True), motion], axis=1)
-    pre.motion.to_csv(w.stage / "tables" / "desc-motion_timeseries.tsv", sep="\t", index=False,
-                      float_format="%.6g")
-    qc = figure_module("qc")
-
-    w.draw(qc.plot_motion, pre.motion, pre.fd, w.fig("qc.motion", "desc-motion_qc.png"),
-           fd_threshold=params.fd_threshold, t_r=run.t_r)
-    w.draw(qc.plot_registration, pre.mean_img, pre.template_img, w.fig("qc.normalisation", "desc-normalisation_qc.png"),
-           overlay="contours", title="MNI152 template contours over the normalised mean image")
-    w.draw(qc.plot_registration, pre.coregistration.warped_img, pre.anat_img,
-           w.fig("qc.coregistration", "desc-coregistration_qc.png"), overlay="edges",
-           title="Anatomical edges over the coregistered mean functional image")
-    w.draw(qc.plot_carpet, pre.realigned_img, w.fig("qc.carpet", "desc-carpet_qc.png"), t_r=run.t_r, fd=pre.fd,
-           fd_threshold=params.fd_threshold)
-    w.derivative(pre.mean_img, f"space-{TEMPLATE_SPACE}_desc-mean_bold.nii.gz",
-                 {"Description": "mean of the preprocessed run", "Space": TEMPLATE_SPACE})
+    native, mni = w.entities.with_space(""), w.entities.with_space(TEMPLATE_SPACE)
+    motion = pre.motion.assign(framewise_displacement=np.asarray(pre.fd, dtype=float))
+    rel = f"tables/{bids_name(native, 'timeseries', '.tsv', desc='motion')}"
+    motion.to_csv(w.stage / rel, sep="\t", index=False, float_format="%.6g")
+    w.files["pre.motion"] = rel
+    w.image("pre.mean", pre.mean_img, mni, "boldref", {"Description": "mean of the preprocessed run"}, desc="mean")
+    w.image("pre.template", pre.template_img, mni, "T1w", {"Description": "the MNI152 template the run was "
+                                                           "normalised to"}, desc="template")
+    w.image("pre.coregistered", pre.coregistration.warped_img, native.with_space("T1w"), "boldref",
+            {"Description": "mean functional image coregistered to the anatomical image"}, desc="coreg")
+    w.image("pre.anat", pre.anat_img, native, "T1w", {"Description": "the anatomical image the run was "
+                                                      "coregistered to"}, desc="preproc")
+    w.image("pre.realigned", pre.realigned_img, native, "bold", {"Description": "the run realigned in scanner "
+                                                                 "space (for the carpet plot)"}, desc="realigned")
     info = Preprocessing(ran=True, space=TEMPLATE_SPACE, native_space=run.space,
                          context=PreprocessingContext(**pre.context(motion_regressors=n_motion)),
                          timings={k: float(v) for k, v in pre.timings.items()},
                          motion_confounds=tuple(confounds.columns) if n_motion else ())
+    w.draw(draw.qc_specs(info, w.files, mni, t_r=run.t_r))
     new = dataclasses.replace(run, bold_img=pre.bold_img, anat_img=pre.anat_mni_img, mask_img=pre.mask_img,
                               space=TEMPLATE_SPACE, confounds=confounds)
     return new, info
@@ -758,7 +706,6 @@ def _calibrate(config: Config, bold, design, mask_img, model, w, run=None) -> Ca
     """
     from . import glm
     from .calibration import calibrate
-    plot_calibration = figure_module("calibration").plot_calibration
 
     name, expr = next(iter(config.contrasts.items()))
     cal_cfg = config.calibration
@@ -769,15 +716,15 @@ def _calibrate(config: Config, bold, design, mask_img, model, w, run=None) -> Ca
     _step(f"calibration of the {config.glm.noise_model} z map ({cal_cfg.n_null} null designs)")
     main = calibrate(bold, design, mask_img, contrast=expr, t_r=config.glm.t_r, n_null=cal_cfg.n_null,
                      tolerance=cal_cfg.tolerance, model=model, **null_kw)
-    w.draw(plot_calibration, main, w.fig("calibration", "desc-calibration_zdist.png"))
     ref = None
     if cal_cfg.reference_model and cal_cfg.reference_model != config.glm.noise_model:
         _step(f"calibration of the reference {cal_cfg.reference_model} model")
         ref = calibrate(bold, design, mask_img, contrast=expr, t_r=config.glm.t_r, n_null=cal_cfg.reference_n_null,
                         tolerance=cal_cfg.tolerance, noise_model=cal_cfg.reference_model, data_model=model,
                         rho_fwhm=config.glm.rho_fwhm or None, **null_kw)  # reuses the main model's masked data
-        w.draw(plot_calibration, ref, w.fig("calibration_reference", "desc-calibrationreference_zdist.png"))
-    return CalibrationResults(contrast=name, main=main, reference=ref)
+    out = CalibrationResults(contrast=name, main=main, reference=ref)
+    w.draw(draw.calibration_specs(out, w.entities))
+    return out
 
 
 def _control_network(config: Config, run) -> tuple[str | None, str]:
@@ -795,18 +742,14 @@ def _control_network(config: Config, run) -> tuple[str | None, str]:
 
 
 def _dmn(config: Config, run, bold, design, maps, contrast: ContrastResult, mask_img, w, bg_img, model=None,
-         thresholded: dict | None = None) -> DMNAnalysis:
+         thresholded: dict | None = None, atlases=None) -> DMNAnalysis:
     """The Default Mode Network analysis of the main contrast, its images and figures.
 
     Every count of the DMN chapter is taken from the results chapter's thresholded maps (``thresholded``:
     ``{key: (image, ThresholdResult)}``): the primary threshold for the prose and figure, all of them for the
     overlap table. No other threshold is used without being named.
     """
-    import nibabel as nib
-
-    fig = w.fig
     from .dmn import analyse_dmn, overlaps_by_threshold
-    fdmn = figure_module("dmn")
 
     primary_img, thr = thresholded[contrast.primary_key]
     control, control_choice = _control_network(config, run)
@@ -817,35 +760,31 @@ def _dmn(config: Config, run, bold, design, maps, contrast: ContrastResult, mask
         data_dir=data.nilearn_data_dir(config), space=run.space, t_r=config.glm.t_r,
         node_radius=config.dmn.node_radius, seed_radius=config.dmn.seed_radius,
         compute_seed=config.dmn.seed_map, return_images=True, model=model, thresholded_img=primary_img,
-        seed_threshold_spec=thr.spec, control_network=control, control_choice=control_choice)
+        seed_threshold_spec=thr.spec, control_network=control, control_choice=control_choice,
+        atlases=atlases)  # the label atlases of the cluster tables: loaded once per run
     if not result.applicable:
         return DMNAnalysis(result=result, contrast_name=contrast.name, threshold=thr)
-    ent = contrast.entity
     overlaps = ()
+    ents = w.entities
     if images.get("dmn_mask") is not None:
         overlaps = tuple(overlaps_by_threshold(thresholded, images["dmn_mask"], mask_img))
-        nib.save(images["dmn_mask"], w.stage / "derivatives" / "desc-dmn_mask.nii.gz")
-        w.draw(fdmn.plot_dmn_map, images["dmn_mask"], fig("dmn.map", "desc-dmn_map.png"),
-               schaefer_mask_img=images.get("schaefer_mask"))
-        w.draw(fdmn.plot_z_with_dmn_contours, primary_img, images["dmn_mask"],
-               fig("dmn.contours", f"contrast-{ent}_desc-dmncontours_statmap.png"),
-               threshold=_display_cut(thr), bg_img=bg_img)
-    if result.nodes_table is not None and not result.nodes_table.empty:
-        w.draw(fdmn.plot_dmn_nodes, result.nodes_table, fig("dmn.nodes", "desc-dmnnodes_glass.png"),
-               control=result.control_table)
-        w.draw(fdmn.plot_roi_effects, result.nodes_table,
-               fig("dmn.effects", f"contrast-{ent}_desc-dmnnodes_effects.png"),
-               control_table=result.control_table, network=result.network,
-               control_network=result.control_network, alpha=config.inference.alpha,
-               control_name=result.control_name or "control")
+        w.image("dmn_mask", images["dmn_mask"], ents, "mask", {"Description": f"the DMN: {result.network_source}"},
+                desc="dmn")
+    if images.get("schaefer_mask") is not None:
+        w.image("schaefer_mask", images["schaefer_mask"], ents, "mask",
+                {"Description": "the Default parcels of the Schaefer 2018 atlas"}, desc="schaefer")
     if images.get("seed_z") is not None:
-        nib.save(images["seed_z"], w.stage / "derivatives" / "desc-pccseed_stat-z_statmap.nii.gz")
-        seed_thr = images.get("seed_thresholded")
-        w.draw(fdmn.plot_seed_map, seed_thr if seed_thr is not None else images["seed_z"],
-               fig("dmn.seed", "desc-pccseed_stat-z_statmap.png"),
-               threshold=float(np.nextafter(result.seed.threshold, 0)) if np.isfinite(result.seed.threshold) else 1.0,
-               dmn_mask_img=images.get("dmn_mask"), bg_img=bg_img)
-    return DMNAnalysis(result=result, contrast_name=contrast.name, threshold=thr, overlaps=overlaps)
+        seed = {"Description": f"seed-based map: a {config.dmn.seed_radius:g} mm sphere around the posterior "
+                               "cingulate as an extra regressor", "Statistic": "z"}
+        w.image("seed_z", images["seed_z"], ents, "statmap", {**seed, "Thresholded": False}, stat="z",
+                desc="pccseed")
+        if images.get("seed_thresholded") is not None:
+            w.image("seed_thresholded", images["seed_thresholded"], ents, "statmap",
+                    {**seed, "Thresholded": True, "Threshold": result.seed.threshold_label}, stat="z",
+                    desc="pccseedthresholded")
+    out = DMNAnalysis(result=result, contrast_name=contrast.name, threshold=thr, overlaps=overlaps)
+    w.draw(draw.dmn_specs(out, contrast, w.files, ents, bg=bg_img, alpha=config.inference.alpha))
+    return out
 
 
 def _check_t_r(run: data.Run, config: Config) -> float:
@@ -871,15 +810,6 @@ def _check_t_r(run: data.Run, config: Config) -> float:
     return t_r_header
 
 
-def _background(run: data.Run, matrix: data.BoldMatrix):
-    """What the map figures are drawn on: the MNI152 template (loaded by the drawing process), or the mean image."""
-    if run.space.startswith("MNI"):
-        from .figures import MNI_BACKGROUND
-
-        return MNI_BACKGROUND
-    return matrix.mean_img()
-
-
 def _fit(run: data.Run, matrix: data.BoldMatrix, design, config: Config):
     """The main GLM, fitted on the run's one matrix (:func:`analysis.noise.fit_matrix`).
 
@@ -898,7 +828,7 @@ def _fit(run: data.Run, matrix: data.BoldMatrix, design, config: Config):
         if matrix.mask_report.n_nonfinite:  # the GLM must not see NaN; those voxels are outside the mask anyway
             arr = np.asarray(bold.dataobj, dtype=np.float32)
             bold = nib.Nifti1Image(np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0), bold.affine, bold.header)
-        return glm.fit(bold, design, config, mask_img=matrix.mask_img)
+        return glm.fit(bold, design, config.glm, mask_img=matrix.mask_img)
     return fit_matrix(matrix.scale_in_place(), design, matrix.mask_img, g.noise_model, rho_fwhm=g.rho_fwhm or None)
 
 

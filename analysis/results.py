@@ -314,6 +314,9 @@ class Results:
     dmn_overlap: DMNOverlapSummary | None = None  # from a statistical map (no time series)
     calibration: CalibrationResults | None = None  # None when switched off
     statmap: StatmapInfo | None = None
+    entities: dict[str, str] = field(default_factory=dict)  # BIDS entities of every output: sub, ses, task, run
+    files: dict[str, str] = field(default_factory=dict)  # role -> derivative of the run (mean image, DMN mask ...)
+    figures_code: str = ""  # analysis.cache.figures_fingerprint of the code that drew the figures
     output_dir: Annotated[str, Field(exclude=True)] = "."  # where the files are; not part of the JSON
 
     def contrast(self, name: str | None = None) -> ContrastResult:

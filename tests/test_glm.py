@@ -56,7 +56,7 @@ def test_fit_recovers_planted_block(bold_img, events, noise_model):
     import nibabel as nib
 
     mask = nib.Nifti1Image(np.ones(bold_img.shape[:3], np.uint8), bold_img.affine)
-    model = glm.fit(bold_img, d, cfg, mask_img=mask)
+    model = glm.fit(bold_img, d, cfg.glm, mask_img=mask)
     maps = glm.compute_contrasts(model, d, {"listening": "listening"}, ["listening"])
     z = maps["listening"].z_img.get_fdata()
     inside = np.zeros(z.shape, bool)

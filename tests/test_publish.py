@@ -281,7 +281,7 @@ def test_colophon_checksums_match_the_files_on_disk(sim_results, colophon):
     files = sim_results.dataset.files
     assert set(shown) == set(files), "every input file is listed once"
     for name, entry in files.items():
-        assert shown[name] == _sha256(entry["path"]), f"{name}: checksum shown differs from the file on disk"
+        assert shown[name] == _sha256(entry.path), f"{name}: checksum shown differs from the file on disk"
 
 
 def test_colophon_records_commit_platform_date_versions_and_config(sim_results, colophon):
@@ -316,7 +316,9 @@ def test_derivative_maps_load_and_sidecars_describe_them(sim_results):
             missing = SIDECAR_KEYS - set(sidecar)
             assert not missing, f"{rel}: sidecar lacks {sorted(missing)}"
             assert sidecar["Contrast"] == c.name and sidecar["Space"] == ds.space
-            if sidecar.get("Thresholded") or role in ("z_thresholded", "clusters_img"):
+            if role.startswith("thresholded."):  # one map per threshold, each naming its own
+                assert sidecar["Threshold"] == c.threshold(role.split(".", 1)[1]).label, rel
+            elif role in ("z_thresholded", "clusters_img"):
                 assert sidecar["Threshold"] == c.primary.label, rel
             n_maps += 1
     assert n_maps >= 3 * len(sim_results.contrasts)  # z, effect and thresholded z at least

@@ -194,7 +194,7 @@ def test_cache_is_invalidated_by_config_and_input_changes_only(tmp_path, shared_
     res2 = run(cfg2)
     assert res2.cache_key != res.cache_key and res2.contrast().threshold("fdr_cluster").spec.cluster_threshold == 12
     # an input file's content changes -> recomputed
-    events = Path(res2.dataset.files["events.tsv"]["path"])
+    events = Path(res2.dataset.files["events.tsv"].path)
     original = events.read_bytes()
     try:
         events.write_bytes(original.replace(b"listening", b"listening", 1) + b"\n")

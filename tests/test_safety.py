@@ -749,12 +749,12 @@ def test_cache_key_follows_the_computing_code_only(tmp_path):
 
 
 def test_a_code_edit_invalidates_the_cached_results(tmp_path, monkeypatch):
-    from analysis import pipeline, run
+    from analysis import cache, run
 
     cfg = write_config(tmp_path / "out", calibration={"enabled": False}, dmn={"enabled": False})
     first = run(cfg)
     assert run(cfg).cache_key == first.cache_key  # a hit
-    monkeypatch.setattr(pipeline, "code_fingerprint", lambda package_dir=None: "edited computing code")
+    monkeypatch.setattr(cache, "code_fingerprint", lambda package_dir=None: "edited computing code")
     second = run(cfg)
     assert second.cache_key != first.cache_key  # recomputed, not served
 
