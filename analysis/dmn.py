@@ -22,7 +22,7 @@ result with ``applicable=False`` and the reason, and computes nothing.
 Examples
 --------
 >>> result, images = analyse_dmn(bold_img, design, z_img, -3.1, mask_img, contrast="listening",
-...                              noise_model="ar1", return_images=True)  # doctest: +SKIP
+...                              noise_model="ar1")  # doctest: +SKIP
 >>> result.deactivated, result.network.p  # doctest: +SKIP
 (True, 0.0004)
 """
@@ -795,6 +795,16 @@ class DMNResult:
         return self.deactivated_nodes.head(3).to_dict(orient="records")
 
 
+@dataclass(frozen=True)
+class DMNImages:
+    """The images of :func:`analyse_dmn` (on the z map's grid), for the derivatives and the figures."""
+
+    dmn_mask: nib.Nifti1Image | None = None
+    schaefer_mask: nib.Nifti1Image | None = None
+    seed_z: nib.Nifti1Image | None = None
+    seed_thresholded: nib.Nifti1Image | None = None
+
+
 @_blas_limited
 def analyse_dmn(bold_img, design_matrix: pd.DataFrame, z_img, negative_threshold: float, mask_img=None, *,
                 contrast, noise_model: str = "ar1", alpha: float = 0.05, data_dir=None,
@@ -802,7 +812,7 @@ def analyse_dmn(bold_img, design_matrix: pd.DataFrame, z_img, negative_threshold
                 node_radius: float = DEFAULT_NODE_RADIUS, seed: Sequence[float] = PCC_SEED,
                 seed_radius: float = 8.0, seed_threshold: float | None = None, compute_seed: bool = True,
                 definitions: DMNDefinitions | None = None, atlases: Mapping[str, LoadedAtlas] | None = None,
-                return_images: bool = False, model=None, thresholded_img=None, seed_threshold_spec=None,
+                model=None, thresholded_img=None, seed_threshold_spec=None,
                 control_network: str | None = CONTROL_NETWORK, control_choice: str = "", **fetch_kwargs):
     """The DMN chapter's analysis in one call.
 
@@ -839,8 +849,6 @@ def analyse_dmn(bold_img, design_matrix: pd.DataFrame, z_img, negative_threshold
         Skip the (whole-brain) seed GLM when False.
     definitions, atlases
         Already loaded DMN definitions / atlases (fetched from ``data_dir`` otherwise).
-    return_images : bool
-        Also return ``{"dmn_mask": ..., "schaefer_mask": ..., "seed_z": ...}`` (images, or None).
     thresholded_img : Nifti1Image, optional
         The map as thresholded for the results (cluster extent included). The overlap then counts its
         negative voxels (:func:`thresholded_overlap`), so the DMN figures agree with the results' counts.
@@ -861,7 +869,8 @@ def analyse_dmn(bold_img, design_matrix: pd.DataFrame, z_img, negative_threshold
 
     Returns
     -------
-    DMNResult, or (DMNResult, dict of images) with ``return_images=True``.
+    (DMNResult, DMNImages)
+        The results, and the images the derivatives and figures are made of (None where not computed).
     """
     contrast_text = contrast if isinstance(contrast, str) else str(list(np.asarray(contrast, dtype=float)))
     images: dict[str, nib.Nifti1Image | None] = {"dmn_mask": None, "schaefer_mask": None, "seed_z": None}
@@ -869,7 +878,7 @@ def analyse_dmn(bold_img, design_matrix: pd.DataFrame, z_img, negative_threshold
         res = DMNResult(space=str(space), applicable=False, contrast=contrast_text, noise_model=noise_model,
                         alpha=alpha, reason=f"the data are in {space} space, not MNI space, so the MNI atlases "
                                             "of the network do not apply")
-        return (res, images) if return_images else res
+        return res, DMNImages(**images)
     atlases = dict(atlases or {})
     defs = definitions or dmn_definitions(data_dir, node_radius=node_radius, atlases=atlases,
                                           control_network=control_network, **fetch_kwargs)
@@ -944,4 +953,4 @@ def analyse_dmn(bold_img, design_matrix: pd.DataFrame, z_img, negative_threshold
                     control_network=control_test, nodes_table=nodes_table, control_table=control_table,
                     overlap=overlap, seed=seed_summary, atlas_table=atlas_table, unavailable=unavailable,
                     control_name=defs.control_name or "", control_choice=control_choice)
-    return (res, images) if return_images else res
+    return res, DMNImages(**images)

@@ -759,27 +759,27 @@ def _dmn(config: Config, run, bold, design, maps, contrast: ContrastResult, mask
         noise_model=config.glm.noise_model, alpha=config.inference.alpha,
         data_dir=data.nilearn_data_dir(config), space=run.space, t_r=config.glm.t_r,
         node_radius=config.dmn.node_radius, seed_radius=config.dmn.seed_radius,
-        compute_seed=config.dmn.seed_map, return_images=True, model=model, thresholded_img=primary_img,
+        compute_seed=config.dmn.seed_map, model=model, thresholded_img=primary_img,
         seed_threshold_spec=thr.spec, control_network=control, control_choice=control_choice,
         atlases=atlases)  # the label atlases of the cluster tables: loaded once per run
     if not result.applicable:
         return DMNAnalysis(result=result, contrast_name=contrast.name, threshold=thr)
     overlaps = ()
     ents = w.entities
-    if images.get("dmn_mask") is not None:
-        overlaps = tuple(overlaps_by_threshold(thresholded, images["dmn_mask"], mask_img))
-        w.image("dmn_mask", images["dmn_mask"], ents, "mask", {"Description": f"the DMN: {result.network_source}"},
+    if images.dmn_mask is not None:
+        overlaps = tuple(overlaps_by_threshold(thresholded, images.dmn_mask, mask_img))
+        w.image("dmn_mask", images.dmn_mask, ents, "mask", {"Description": f"the DMN: {result.network_source}"},
                 desc="dmn")
-    if images.get("schaefer_mask") is not None:
-        w.image("schaefer_mask", images["schaefer_mask"], ents, "mask",
+    if images.schaefer_mask is not None:
+        w.image("schaefer_mask", images.schaefer_mask, ents, "mask",
                 {"Description": "the Default parcels of the Schaefer 2018 atlas"}, desc="schaefer")
-    if images.get("seed_z") is not None:
+    if images.seed_z is not None:
         seed = {"Description": f"seed-based map: a {config.dmn.seed_radius:g} mm sphere around the posterior "
                                "cingulate as an extra regressor", "Statistic": "z"}
-        w.image("seed_z", images["seed_z"], ents, "statmap", {**seed, "Thresholded": False}, stat="z",
+        w.image("seed_z", images.seed_z, ents, "statmap", {**seed, "Thresholded": False}, stat="z",
                 desc="pccseed")
-        if images.get("seed_thresholded") is not None:
-            w.image("seed_thresholded", images["seed_thresholded"], ents, "statmap",
+        if images.seed_thresholded is not None:
+            w.image("seed_thresholded", images.seed_thresholded, ents, "statmap",
                     {**seed, "Thresholded": True, "Threshold": result.seed.threshold_label}, stat="z",
                     desc="pccseedthresholded")
     out = DMNAnalysis(result=result, contrast_name=contrast.name, threshold=thr, overlaps=overlaps)

@@ -84,7 +84,7 @@ def _analyse(defs, dmn_psc):
     bold, design, mask = _synthetic_run(defs, dmn_psc)
     z = _z_map(bold, design, mask)
     res, imgs = dmn.analyse_dmn(bold, design, z, 3.1, mask, contrast="listening", noise_model="ar1",
-                                data_dir=DATA_DIR, space=MNI, t_r=T_R, definitions=defs, return_images=True,
+                                data_dir=DATA_DIR, space=MNI, t_r=T_R, definitions=defs,
                                 download=False)
     return res, imgs, z
 
@@ -160,7 +160,7 @@ def test_dmn_overlap_on_a_hand_built_map():
 
 def test_seed_map_follows_the_shared_dmn_fluctuation(planted):
     res, imgs, _ = planted
-    assert imgs["seed_z"].shape == imgs["dmn_mask"].shape
+    assert imgs.seed_z.shape == imgs.dmn_mask.shape
     assert res.seed.overlap.n_suprathreshold > 100 and res.seed.overlap.share_below_in_dmn > 0.8
 
 
@@ -173,10 +173,10 @@ def test_seed_map_reusing_the_main_model_equals_a_new_fit(defs, noise_model):
     model = fit_first_level(bold, design, mask, t_r=T_R, noise_model=noise_model, minimize_memory=False)
     z = model.compute_contrast("listening", output_type="z_score")
     kw = dict(contrast="listening", noise_model=noise_model, data_dir=DATA_DIR, space=MNI, t_r=T_R,
-              definitions=defs, return_images=True, download=False)
+              definitions=defs, download=False)
     res_new, imgs_new = dmn.analyse_dmn(bold, design, z, 3.1, mask, **kw)
     res_reuse, imgs_reuse = dmn.analyse_dmn(bold, design, z, 3.1, mask, model=model, **kw)
-    np.testing.assert_allclose(imgs_reuse["seed_z"].get_fdata(), imgs_new["seed_z"].get_fdata(), rtol=0, atol=1e-8)
+    np.testing.assert_allclose(imgs_reuse.seed_z.get_fdata(), imgs_new.seed_z.get_fdata(), rtol=0, atol=1e-8)
     assert res_reuse.seed.overlap == res_new.seed.overlap
     assert res_reuse.seed.overlap.n_suprathreshold > 50
 
@@ -217,7 +217,7 @@ def test_result_round_trips_through_json(planted):
 
 def test_native_space_is_not_analysed(defs):
     bold, design, mask = _synthetic_run(defs, 0.0)
-    res = dmn.analyse_dmn(bold, design, bold.slicer[..., 0], 3.1, mask, contrast="listening", space="native")
+    res, _ = dmn.analyse_dmn(bold, design, bold.slicer[..., 0], 3.1, mask, contrast="listening", space="native")
     assert not res.applicable and res.network is None
     prose = text.render("dmn.md.j2", dmn=res)
     assert "not run" in prose and "native" in prose
@@ -238,11 +238,11 @@ def test_figures_are_written(defs, planted, tmp_path):
     paths = [
         figs.plot_dmn_map(defs.network_img, tmp_path / "desc-dmn_map.png", schaefer_mask_img=defs.schaefer_img),
         figs.plot_dmn_nodes(defs.nodes, tmp_path / "desc-dmnnodes_glass.png", control=defs.control),
-        figs.plot_z_with_dmn_contours(z, imgs["dmn_mask"], tmp_path / "desc-dmn_overlap.png", threshold=3.1),
+        figs.plot_z_with_dmn_contours(z, imgs.dmn_mask, tmp_path / "desc-dmn_overlap.png", threshold=3.1),
         figs.plot_roi_effects(res.nodes_table, tmp_path / "desc-dmn_roieffects.png", control_table=res.control_table,
                               network=res.network, control_network=res.control_network),
-        figs.plot_seed_map(imgs["seed_z"], tmp_path / "desc-pccseed_statmap.png", threshold=3.1,
-                           dmn_mask_img=imgs["dmn_mask"]),
+        figs.plot_seed_map(imgs.seed_z, tmp_path / "desc-pccseed_statmap.png", threshold=3.1,
+                           dmn_mask_img=imgs.dmn_mask),
     ]
     for p in paths:
         assert p.exists() and p.stat().st_size > 1000
