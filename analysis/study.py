@@ -691,6 +691,10 @@ def run_study(config: Config, *, scheduler: str | None = None, n_workers: int | 
                 for i, fut in enumerate(as_completed(futures), 1):
                     r = fut.result()
                     results[r.subject] = r
+                    if strict and (not r.included or r.runs_left_out):  # fatal: stop the other subjects now
+                        client.cancel(futures)
+                        why = r.reason or "; ".join(f"run {k}: {v}" for k, v in r.runs_left_out.items())
+                        raise StudyError(f"sub-{r.subject}: {why} (study.strict)")
                     if r.included:
                         left = f", left out {', '.join(f'run {k} ({v})' for k, v in r.runs_left_out.items())}" \
                             if r.runs_left_out else ""
