@@ -142,8 +142,11 @@ def apply_threshold(z_img: nib.Nifti1Image, mask_img: nib.Nifti1Image,
     from nilearn.glm import threshold_stats_img
     from scipy import ndimage
 
-    with warnings.catch_warnings():  # nilearn 0.14 warns about a default it changes in 0.15
-        warnings.simplefilter("ignore", FutureWarning)
+    with warnings.catch_warnings():
+        # nilearn 0.14 warns that the default threshold becomes another value in 0.15 whenever threshold == 3.0,
+        # even when it is passed explicitly (our |z| > 3 map): only that warning is silenced
+        warnings.filterwarnings("ignore", message=r"\s*From nilearn version>=0\.15, the default 'threshold'",
+                                category=FutureWarning)
         thr_img, z_thr = threshold_stats_img(z_img, mask_img=mask_img, alpha=spec.alpha,
                                              threshold=spec.threshold, height_control=spec.height_control,
                                              cluster_threshold=spec.cluster_threshold,
