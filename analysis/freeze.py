@@ -118,7 +118,7 @@ def _file_stamp(path: str | Path) -> list[int] | None:
     """(device, inode, size, mtime, ctime, mode) of a file or folder; None when it does not exist.
 
     Any write changes ctime, which no tool can set back, so an unchanged stamp means unchanged content (the
-    scheme git's index and :func:`analysis.pipeline._checksums` use).
+    scheme git's index and :func:`analysis.cache.input_checksums` use).
     """
     try:
         st = os.stat(path)

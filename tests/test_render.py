@@ -60,7 +60,7 @@ def _headlines(book) -> list[str]:
     """Headline numbers of results.json as the report formats them: primary voxel count, top peak and its z."""
     res = book.results()
     c = next(iter(res["contrasts"].values()))
-    primary = next(t for t in c["thresholds"] if t["key"] == c["primary_key"])
+    primary = next(t for t in c["thresholds"] if t["spec"]["key"] == c["primary_key"])
     out = [text.fmt_k(primary["n_pos"]), f"{primary['z_threshold']:.2f}"]
     cols = c["clusters"]["columns"]
     rows = [dict(zip(cols, r)) for r in c["clusters"]["data"] if dict(zip(cols, r))["Sign"] == "+"]
