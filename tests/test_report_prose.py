@@ -65,3 +65,17 @@ def test_signal_numbers_keep_their_sign():
     assert fmt_signal([0.004, -0.002, 0.011]) == ["0.004", "\u22120.002", "0.011"]  # not "0.00 to 0.01"
     assert fmt_signal([0.34, 0.29, 0.39]) == ["0.34", "0.29", "0.39"]
     assert np.isnan(float("nan")) and fmt_signal([float("nan")]) == ["n/a"]
+
+
+def test_dmn_prose_without_the_schaefer_atlas_does_not_count_zero_parcels(sim_results):
+    """An atlas that could not be loaded is named as missing, not counted as 'the 0 Default parcels'."""
+    import dataclasses
+
+    from analysis import report
+
+    d = dataclasses.replace(sim_results.dmn.result, n_schaefer_parcels=0, network_schaefer=None)
+    res = dataclasses.replace(sim_results, dmn=dataclasses.replace(sim_results.dmn, result=d))
+    prose = report.dmn_text(res)
+    assert "0 Default parcels" not in prose and "three ways" not in prose
+    assert "We defined it in two ways" in prose and "could not be loaded in this run" in prose
+    assert "We defined it in three ways" in report.dmn_text(sim_results)
