@@ -32,7 +32,7 @@ from .derivatives import RunEntities, write_dataset_description
 from .figures import draw
 from .results import DatasetInfo, InputFile, ModelInfo, Results, StatmapInfo
 
-__all__ = ["run", "redraw", "check", "check_design", "cache_dir", "load_results", "OUTPUT_FOLDERS",
+__all__ = ["run", "redraw", "check", "check_design", "cache_dir", "load_results", "package_versions", "OUTPUT_FOLDERS",
            "compute_cache_key", "code_fingerprint", "figures_fingerprint", "RENDER_ONLY"]
 
 log = logging.getLogger("analysis")
@@ -329,7 +329,7 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
         n_mask_voxels=int(np.count_nonzero(np.asarray(mask_img.dataobj))),
         mask_source=mask.source, n_excluded_nonfinite=mask.n_nonfinite, n_excluded_constant=mask.n_constant,
         contrast_matrix=cmat)
-    versions = _versions()
+    versions = package_versions()
     results = Results(cache_key=key, config=config, dataset=dataset, model=model_info, contrasts=contrast_results,
                       figures=w.figures, versions=versions, atlas=stages.atlas_info(atlases, run.space),
                       rft=rft_inference, preprocessing=preprocessing, dmn=dmn, calibration=calibration,
@@ -382,7 +382,7 @@ def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
         n_scans=0, t_r=0.0, t_r_header=0.0, has_anat=False,
         events=pd.DataFrame(columns=["onset", "duration", "trial_type"]),
         files={name: InputFile(path=sm.path, sha256=checksums[name])})
-    versions = _versions()
+    versions = package_versions()
     results = Results(cache_key=key, config=config, dataset=dataset, model=None,
                       contrasts={sm.contrast: contrast}, figures=w.figures, versions=versions,
                       atlas=stages.atlas_info(atlases, sm.space), rft=rft_inference,
@@ -398,7 +398,8 @@ def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
     return results
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
+    """Python and the versions of the packages that computed the results (the colophon, the study)."""
     import importlib.metadata as md
     import platform
 

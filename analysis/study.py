@@ -719,7 +719,7 @@ def group_level(config: Config, subjects: list[SubjectResult], participants: pd.
                 contrast: str, *, network_img=None) -> StudyResults:
     """The dataset level from the subjects' fixed-effects maps: staged, then published whole."""
     from . import __version__, outputs
-    from .pipeline import _versions
+    from .pipeline import package_versions
 
     out = study_dir(config)
     included = [x.subject for x in subjects if x.included]
@@ -736,7 +736,7 @@ def group_level(config: Config, subjects: list[SubjectResult], participants: pd.
         stage = outputs.new_stage(out)
         try:
             network = (network_img, "the network mask given") if network_img is not None else _dmn_network(config)
-            results = _group_in(stage, out, config, subjects, design, vectors, contrast, __version__, _versions(),
+            results = _group_in(stage, out, config, subjects, design, vectors, contrast, __version__, package_versions(),
                                 network)
             (stage / STUDY_RESULTS).write_text(serial.to_json(results), encoding="utf-8")
             outputs.write_manifest(stage)
