@@ -64,7 +64,7 @@ def test_mask_on_another_grid_is_refused(bold_img, events):
 
 
 def test_tr_in_config_must_match_header(bold_img, events):
-    from analysis.pipeline import _check_t_r
+    from analysis.stages import check_t_r as _check_t_r
 
     img = nib.Nifti1Image(np.asarray(bold_img.dataobj), bold_img.affine, bold_img.header.copy())
     img.header.set_zooms((3.0, 3.0, 3.0, 2.0))
