@@ -76,8 +76,12 @@ def executable_chapters(project_dir: Path) -> list[Path]:
     return found
 
 
-def share_frozen_results(project_dir: Path, formats: tuple[str, ...] = SHARED_FORMATS) -> list[Path]:
+def share_frozen_results(project_dir: Path, formats: tuple[str, ...] = SHARED_FORMATS,
+                         chapters: list[Path] | None = None) -> list[Path]:
     """Link each chapter's ``<format>.json`` frozen result to its ``html.json``.
+
+    ``chapters``: the chapters to link (relative paths; default :func:`executable_chapters`, the single-run
+    books'; the study book passes its own, :func:`analysis.study_report.study_chapters`).
 
     The links are absolute: Quarto copies a chapter's frozen results next to the chapter before it thaws them
     (``chapters/<name>_files/execute-results/``), link included, and an absolute link still names the frozen
@@ -91,7 +95,7 @@ def share_frozen_results(project_dir: Path, formats: tuple[str, ...] = SHARED_FO
         The links made or checked.
     """
     made = []
-    for chapter in executable_chapters(project_dir):
+    for chapter in (executable_chapters(project_dir) if chapters is None else chapters):
         results = Path(project_dir).resolve() / "_freeze" / chapter.with_suffix("") / "execute-results"
         results.mkdir(parents=True, exist_ok=True)
         target = str(results / "html.json")

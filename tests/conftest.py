@@ -131,3 +131,11 @@ def rendered_statmap(tmp_path_factory):
     from rendered import render
 
     return render(tmp_path_factory.mktemp("render-statmap"), "statmap")
+
+
+@pytest.fixture(scope="session")
+def rendered_study(tmp_path_factory):
+    """A 5 x 2 simulated study computed and rendered with ``quarto render --profile study`` (tests/study_render.py)."""
+    from study_render import render_study
+
+    return render_study(tmp_path_factory.mktemp("render-study"))

@@ -197,3 +197,94 @@ def test_interactive_viewer_draws_and_follows_a_click(site, browser):
         assert not p.outside and not p.errors, (p.outside, p.errors)
     finally:
         p.close()
+
+
+# --- the study report (quarto render --profile study; tests/study_render.py) --------------------------------
+
+@pytest.fixture(scope="module")
+def study_site(rendered_study):
+    """(base URL, rendered study book) served like :func:`site`."""
+    handler = functools.partial(_QuietHandler, directory=str(rendered_study.book))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", rendered_study
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_every_study_page_loads_offline_without_console_errors(study_site, browser):
+    base, book = study_site
+    out = SCREENSHOTS / book.profile
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    problems = []
+    for rel in _pages(book):
+        p = Page(browser, base)
+        try:
+            p.page.goto(f"{base}/{rel}", wait_until="networkidle")
+            p.page.screenshot(path=str(out / (rel.replace("/", "_").removesuffix(".html") + ".png")),
+                              full_page=True)
+            broken = p.page.evaluate("() => [...document.images].filter(i => !i.complete || i.naturalWidth === 0)"
+                                     ".map(i => i.getAttribute('src'))")
+            if broken:
+                problems.append(f"{rel}: images that did not load: {broken}")
+            if p.outside:
+                problems.append(f"{rel}: requests to other hosts: {sorted(set(p.outside))}")
+            if p.errors:
+                problems.append(f"{rel}: console errors: {p.errors}")
+        finally:
+            p.close()
+    print(f"\nscreenshots of the study book: {out}")
+    assert not problems, "\n".join(problems)
+
+
+def test_study_sidebar_subject_pages_toc_and_cross_references_navigate(study_site, browser):
+    base, book = study_site
+    p = Page(browser, base)
+    try:
+        page = p.page
+        page.goto(f"{base}/index.html", wait_until="networkidle")
+        # the sidebar lists the chapters and, in the Subjects part, one page per subject
+        assert page.locator("#quarto-sidebar a.sidebar-link[href*='subjects/sub-']").count() == 5
+        page.locator("#quarto-sidebar a.sidebar-link[href*='03-subjects']").first.click()
+        page.wait_for_url("**/03-subjects.html*")
+        assert "Subjects" in page.locator("h1").first.inner_text()
+        # a subject's name in the subject table opens its page
+        page.locator("main table a[href*='sub-02']").first.click()
+        page.wait_for_url("**/subjects/sub-02.html*")
+        assert "sub-02" in page.locator("h1").first.inner_text()
+        # the page's table of contents jumps to its sections
+        page.locator("#TOC #toc-sec-sub-02-peaks").click()
+        page.wait_for_function("location.hash === '#sec-sub-02-peaks'")
+        # the group results: a cross-reference in the prose goes to its figure or table
+        page.goto(f"{base}/chapters/study/02-results.html", wait_until="networkidle")
+        xref = page.locator("main a.quarto-xref[href*='#fig-group-'], main a.quarto-xref[href*='#tbl-group-']").first
+        target = "#" + xref.get_attribute("href").split("#", 1)[1]
+        xref.click()
+        page.wait_for_function(f"location.hash === {target!r}")
+        assert page.locator(target).count() == 1
+        assert not p.outside and not p.errors, (p.outside, p.errors)
+    finally:
+        p.close()
+
+
+def test_study_search_finds_a_subject_page(study_site, browser):
+    base, book = study_site
+    p = Page(browser, base)
+    try:
+        page = p.page
+        page.goto(f"{base}/index.html", wait_until="networkidle")
+        page.locator("#quarto-search .aa-DetachedSearchButton, #quarto-search button, .aa-DetachedSearchButton"
+                     ).first.click()
+        box = page.locator("input.aa-Input").first
+        box.fill("Heschl")
+        page.wait_for_selector(".aa-Item", timeout=10000)
+        items = page.locator(".aa-Item")
+        assert items.count() >= 1
+        assert any("Heschl" in items.nth(i).inner_text() for i in range(items.count()))
+        assert not p.outside and not p.errors, (p.outside, p.errors)
+    finally:
+        p.close()

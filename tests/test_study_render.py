@@ -1,0 +1,148 @@
+"""A real ``quarto render --profile study`` of a small simulated study (html, typst PDF, Word), checked like
+test_render.py checks the single-run book: the log, references, images, and the headline numbers of study.json
+in the text. One render per session (``rendered_study`` in conftest.py, tests/study_render.py).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+from rendered import EXPECTED_LOG_WARNINGS
+
+from analysis import text
+
+
+def _visible_text(page: Path) -> str:
+    body = page.read_text(encoding="utf-8")
+    body = re.sub(r"(?s)<(script|style)\b.*?</\1>", " ", body)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", body)))
+
+
+def _page(study, rel: str) -> str:
+    return _visible_text(study.book / rel)
+
+
+def _contrast(study) -> dict:
+    return next(iter(study.results()["contrasts"].values()))
+
+
+def _rows(table: dict) -> list[dict]:
+    return [dict(zip(table["columns"], r)) for r in table["data"]]
+
+
+def test_render_log_has_no_error_traceback_or_unexpected_warning(rendered_study):
+    bad = [line.strip()[:200] for line in rendered_study.log.splitlines()
+           if re.search(r"Traceback|Error|ERROR|Exception|WARN|Warning|warning", line)
+           and not any(p.search(line) for p in EXPECTED_LOG_WARNINGS)]
+    assert not bad, "study render log:\n" + "\n".join(bad)
+    print(f"\nstudy of 5 x 2 computed in {rendered_study.study_seconds:.1f} s, rendered (html, typst, docx) in "
+          f"{rendered_study.seconds:.1f} s")
+
+
+def test_each_study_chapter_is_executed_once_and_subject_pages_never(rendered_study):
+    from analysis.study_report import study_chapters
+
+    kernels = rendered_study.log.count("Starting python3 kernel")
+    assert kernels == len(study_chapters(rendered_study.project)) == 4
+
+
+def test_quarto_reads_the_generated_chapter_list_one_page_per_subject(rendered_study):
+    """The pre-render step writes the subject pages and the chapter list; Quarto re-reads them before rendering."""
+    index = (rendered_study.book / "index.html").read_text(encoding="utf-8")
+    sidebar = index[index.find('id="quarto-sidebar"'):]
+    subjects = [s["subject"] for s in rendered_study.results()["subjects"]]
+    assert subjects == ["01", "02", "03", "04", "05"]
+    for sub in subjects:
+        assert (rendered_study.book / "chapters" / "study" / "subjects" / f"sub-{sub}.html").is_file()
+        assert f"subjects/sub-{sub}.html" in sidebar
+    order = [m.group(1) for m in re.finditer(r'href="\./([^"#]+)\.html"', sidebar)]
+    assert order.index("chapters/study/03-subjects") < order.index("chapters/study/subjects/sub-01") \
+        < order.index("references"), order
+
+
+def test_html_has_no_unresolved_reference(rendered_study):
+    for page in rendered_study.html_pages():
+        visible = _visible_text(page)
+        assert "?@" not in visible, f"{page.name}: unresolved cross-reference"
+        assert not re.search(r"\?\?|\[\?[a-z]", visible), f"{page.name}: unresolved citation"
+
+
+def test_every_image_exists_and_is_not_empty(rendered_study):
+    n = 0
+    for page in rendered_study.html_pages():
+        for src in re.findall(r"<img\b[^>]*\bsrc=\"([^\"]+)\"", page.read_text(encoding="utf-8")):
+            if src.startswith("data:"):
+                continue
+            assert not urlparse(src).scheme, f"{page.name}: image from another host: {src}"
+            target = (page.parent / unquote(src)).resolve()
+            assert target.is_file() and target.stat().st_size > 1000, f"{page.name}: {src}"
+            n += 1
+    assert n >= 3 + 4  # the group figures and one map per subject in the group
+
+
+def test_headline_group_numbers_of_study_json_are_in_the_html(rendered_study):
+    c = _contrast(rendered_study)
+    primary = next(t for t in c["thresholds"] if t["spec"]["key"] == c["primary_key"])
+    assert primary["n_pos"] > 0, "the planted response must survive at the group level"
+    home, results = _page(rendered_study, "index.html"), _page(rendered_study, "chapters/study/02-results.html")
+    assert text.fmt_k(primary["n_pos"]) in home
+    assert f"{primary['z_threshold']:.2f}" in home and f"{primary['z_threshold']:.2f}" in results
+    top = max((r for r in _rows(c["clusters"]) if r["Sign"] == "+"), key=lambda r: float(r["Peak Stat"]))
+    assert text.fmt_mni((top["X"], top["Y"], top["Z"])).replace(" mm", "") in results
+    assert text.fmt_z(top["Peak Stat"]) in results
+    assert text.fmt_z(c["z_max"]) in results
+    perm = c["permutation"]
+    assert f"{perm['n_perm']:,} sign flips" in results and text.fmt_num(perm["min_p"], 4) in results
+    dmn = rendered_study.results()["dmn"]
+    assert f"t({dmn['dof']}) = {text.fmt_z(dmn['t'])}" in results and text.fmt_p(dmn["p"]) in results
+
+
+def test_subject_table_shows_runs_motion_tsnr_calibration_and_exclusions(rendered_study):
+    page = _page(rendered_study, "chapters/study/03-subjects.html")
+    assert "2 / 2" in page and "1 / 2" in page and "0 / 2" in page
+    assert "left out" in page and "trial_type is empty or n/a" in page
+    assert "sub-02/func/sub-02_task-listening_run-2_events.tsv" in page and "/tmp" not in page  # relative paths
+    assert re.search(r"\btrustworthy\b", page)  # the runs' saved calibration
+    s1 = next(s for s in rendered_study.results()["subjects"] if s["subject"] == "01")
+    run = next(r for r in s1["runs"] if r["ok"])
+    run_page = _page(rendered_study, "chapters/study/subjects/sub-01.html")
+    assert text.fmt_num(run["mean_fd"], 3) in run_page and text.fmt_num(run["tsnr"], 1) in run_page
+
+
+def test_subject_pages_explain_exclusions_and_link_their_downloads(rendered_study):
+    left = _page(rendered_study, "chapters/study/subjects/sub-05.html")
+    assert "sub-05 was left out of the group analysis" in left
+    partial = _page(rendered_study, "chapters/study/subjects/sub-02.html")
+    assert "run 2 was left out" in partial
+    page = rendered_study.book / "chapters" / "study" / "subjects" / "sub-01.html"
+    links = re.findall(r'href="([^"]+\.(?:nii\.gz|json))"', page.read_text(encoding="utf-8"))
+    assert len(links) == 6  # effect, variance, z and their sidecars
+    for href in links:
+        assert (page.parent / unquote(href)).resolve().is_file(), href  # copied into the site
+
+
+def _pdf_text(study) -> str:
+    if not shutil.which("pdftotext"):
+        pytest.fail("pdftotext is missing (Debian package poppler-utils; .ci/run installs it)")
+    return subprocess.run(["pdftotext", "-enc", "UTF-8", str(study.book / "study-report.pdf"), "-"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_pdf_and_word_books_have_every_subject_and_the_headline(rendered_study):
+    import docx
+
+    c = _contrast(rendered_study)
+    primary = next(t for t in c["thresholds"] if t["spec"]["key"] == c["primary_key"])
+    pdf = re.sub(r"\s+", " ", _pdf_text(rendered_study).replace("\u00ad", ""))
+    doc = docx.Document(str(rendered_study.book / "study-report.docx"))
+    word = " ".join(p.text for p in doc.paragraphs)
+    for body in (pdf, word):
+        assert text.fmt_k(primary["n_pos"]) in body
+        for sub in ("01", "02", "03", "04", "05"):
+            assert f"sub-{sub}" in body
