@@ -5,7 +5,7 @@ Commands::
     fmri-report run [--config F] [--force] [--dataset D] [--verbose]   compute (or read the cached results)
     fmri-report check [--config F]                                     validate config, [report], inputs; fit nothing
     fmri-report redraw [--config F]                                    redraw the figures from the saved results
-    fmri-report render [--config F] [quarto args...]                   run, then ``quarto render`` with the args
+    fmri-report render [--config F] [quarto args...]                   run, then render what changed (analysis.render)
     fmri-report study [--config F] [--scheduler A] [--strict]          a whole study: every subject, then the group
 
 Without a command the flags of earlier versions work as they did: ``python -m analysis [--config F] [--force]
@@ -16,13 +16,16 @@ Quarto's pre-render hook). Bad input exits with status 2 and a one-line message,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+from pathlib import Path
 
 from .config import DATASETS, ConfigError, read_config_file, validate_config
 
 COMMANDS = ("run", "check", "redraw", "render", "study")
 STUDY_DATASETS = ("simulated-study",)  # --dataset values that run a whole study (analysis.study)
+HOOK_ARGS = argparse.Namespace(config=None, dataset=None)  # the arguments Quarto's pre-render hook is run with
 QUARTO_MISSING = ("quarto not found on PATH; install Quarto >= 1.5 (https://quarto.org/docs/get-started/) "
                   "or add the folder holding the quarto command to PATH")
 
@@ -113,6 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         if quarto is None:
             print(f"error: {QUARTO_MISSING}", file=sys.stderr)
             return 2
+    # render in this package's book: do the pre-render hook's work here (its own run then takes the fast path),
+    # so that analysis.render compares chapters and frozen results that are in step with the results
+    book = command == "render" and not args.dataset and _book_project()
+    if book and not args.force:
+        with _hook_env(args.config):
+            summary = _unchanged_since_last_prerender(HOOK_ARGS)
+        if summary is not None:
+            print(summary)
+            return _render(quarto, args.config, extra)
 
     from .pipeline import main_logging
 
@@ -139,13 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         from .pipeline import run
 
         results = run(config, force=args.force)
-        if args.prerender:  # Quarto pre-render: title page (from [report]) that says which data were used
+        if args.prerender or book:  # Quarto pre-render: title page (from [report]) that says which data were used
             from .metadata import write_quarto_metadata
             from .report import subtitle
 
             write_quarto_metadata(meta, simulated=results.dataset.is_simulated, subtitle=subtitle(results))
-            from pathlib import Path
-
             from .freeze import sync_freeze
             from .pipeline import cache_dir
 
@@ -157,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     print(summary)
     if args.prerender:
         _record_prerender(args, config, results, summary)
+    elif book:
+        with _hook_env(args.config):
+            _record_prerender(HOOK_ARGS, config, results, summary)
     if command == "render":
         return _render(quarto, args.config, extra)
     return 0
@@ -202,16 +215,44 @@ def _redraw(config) -> int:
 
 
 def _render(quarto: str, config: str | None, extra: list[str]) -> int:
-    """``render``: ``quarto render <extra>``; the chapters and the pre-render hook read the same config."""
+    """``render``: ``quarto render <extra>``, or only what changed since the last render (:mod:`analysis.render`);
+    the chapters and the pre-render hook read the same config."""
     import os
-    import subprocess
-    from pathlib import Path
+
+    from .render import render_book
 
     env = dict(os.environ)
     if config is not None:
         env["ANALYSIS_CONFIG"] = str(Path(config).resolve())
     sys.stdout.flush()
-    return subprocess.run([quarto, "render", *extra], env=env).returncode
+    with _hook_env(config):
+        return render_book(quarto, Path.cwd(), extra, env)
+
+
+def _book_project() -> bool:
+    from .render import is_book_project
+
+    return is_book_project(Path.cwd())
+
+
+@contextlib.contextmanager
+def _hook_env(config: str | None):
+    """``$ANALYSIS_CONFIG`` as the pre-render hook and the chapters will see it under ``render --config F``
+    (restored afterwards)."""
+    import os
+
+    if config is None:
+        yield
+        return
+    old = os.environ.get("ANALYSIS_CONFIG")
+    os.environ["ANALYSIS_CONFIG"] = str(Path(config).resolve())
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("ANALYSIS_CONFIG", None)
+        else:
+            os.environ["ANALYSIS_CONFIG"] = old
 
 
 def _prerender_args(args) -> list:

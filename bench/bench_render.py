@@ -5,9 +5,12 @@
 In a temporary copy of the project (sources only; the simulated dataset), each step a fresh process:
 
 - analysis, cold (``python -m analysis``, empty output folder) and cached (valid results, as a render sees them);
-- ``quarto render`` cold: the analysis cached, no ``_freeze/``, ``_book/`` or ``.quarto/`` (as in CI);
-- ``quarto render`` after a one-word prose edit in one chapter (``freeze: auto`` re-executes that chapter only);
-- ``quarto render`` with nothing changed;
+- ``quarto render`` and ``fmri-report render`` (``analysis/render.py``: only what changed since its last render,
+  the PDF and Word books beside the HTML), alternated A B A B, each with the CPU time of its process tree:
+  - cold: the analysis cached, no ``_freeze/``, ``_book/``, ``.quarto/`` or render stamp (as in CI);
+  - after a one-word prose edit in one chapter (plain: ``freeze: auto`` re-executes that chapter and every page is
+    rendered; ``fmri-report render``: that page alone, its frozen result patched, no kernel);
+  - with nothing changed;
 - the pre-render hook alone (``python -m analysis --prerender``): its fast path (nothing changed since the last
   render) and its full path (results re-verified);
 - Quarto's own floor: the same book (same ``_quarto.yml``, chapters, title page, bibliography) with one line of
@@ -15,7 +18,8 @@ In a temporary copy of the project (sources only; the simulated dataset), each s
 - where the time of a prose-edit render goes, from one more render at ``--log-level debug``: pre-render, each
   page's HTML pass (the edited chapter includes its kernel), the typst and Word book passes, the rest.
 
-The load average is printed with each row: other processes on the 2 cores stretch every number.
+The load average is printed with each row: other processes on the 2 cores stretch every wall time (the CPU time
+less so).
 
 Targets (issue 14): cold render of the three formats <= 40 s, re-render after a prose edit <= 10 s. The number of
 Jupyter kernels each render started is printed too: one per chapter with code, whatever the number of formats.
@@ -119,6 +123,23 @@ def _run(cmd, cwd, env) -> tuple[float, str]:
     return seconds, proc.stdout + proc.stderr
 
 
+def _run_cpu(cmd, cwd, env) -> tuple[float, float, str]:
+    """Wall seconds, CPU seconds of the whole process tree (user + system of every waited-for descendant), output."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    seconds, log = _run(cmd, cwd, env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), log
+
+
+def _clean_render_state(project: Path) -> None:
+    """A cold render: no frozen results, no book, no Quarto scratch, no render stamp (as in CI)."""
+    for sub in ("_freeze", "_book", ".quarto"):
+        shutil.rmtree(project / sub, ignore_errors=True)
+    (project / ".render-stamp.json").unlink(missing_ok=True)
+
+
 def _edit_one_word(project: Path, n: int) -> None:
     path = project / EDITED
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -154,6 +175,8 @@ def main(argv=None) -> int:
                "PATH": f"{Path(quarto).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         render = [quarto, "render"] + ([] if args.profile == "default" else ["--profile", args.profile])
         rows: dict[str, list[float]] = {}
+        cpus: dict[str, list[float]] = {}
+        row_loads: dict[str, list[float]] = {}
         kernels: dict[str, int] = {}
         loads = {"start": _load()}
 
@@ -166,21 +189,38 @@ def main(argv=None) -> int:
         for _ in range(args.repeat):
             rows.setdefault("analysis, cached results", []).append(_run(analysis, project, env)[0])
 
+        # A B A B: the plain `quarto render` (A) and `fmri-report render` (B, analysis/render.py) alternate
+        fmri = [sys.executable, "-m", "analysis", "render"] + ([] if args.profile == "default"
+                                                               else ["--profile", args.profile])
+        plain, ours = "quarto render", "fmri-report render"
+
+        def timed(name, cmd):
+            seconds, cpu, log = _run_cpu(cmd, project, env)
+            rows.setdefault(name, []).append(seconds)
+            cpus.setdefault(name, []).append(cpu)
+            row_loads.setdefault(name, []).append(os.getloadavg()[0])
+            kernels[name] = log.count("Starting python3 kernel")
+            return log
+
         for i in range(args.repeat):
-            for sub in ("_freeze", "_book", ".quarto"):
-                shutil.rmtree(project / sub, ignore_errors=True)
-            seconds, log = _run(render, project, env)
-            rows.setdefault("quarto render, cold (html + typst + docx; analysis cached)", []).append(seconds)
-            kernels["quarto render, cold (html + typst + docx; analysis cached)"] = log.count("Starting python3 kernel")
+            for cmd, who in ((render, plain), (fmri, ours)):
+                _clean_render_state(project)
+                timed(f"{who}, cold (html + typst + docx; analysis cached)", cmd)
+        word = 0
         for i in range(args.repeat):
-            _edit_one_word(project, i)
-            seconds, log = _run(render, project, env)
-            rows.setdefault(f"quarto render after a one-word edit of {EDITED}", []).append(seconds)
-            kernels[f"quarto render after a one-word edit of {EDITED}"] = log.count("Starting python3 kernel")
-        for _ in range(args.repeat):
-            seconds, log = _run(render, project, env)
-            rows.setdefault("quarto render, nothing changed", []).append(seconds)
-            kernels["quarto render, nothing changed"] = log.count("Starting python3 kernel")
+            word += 1
+            _edit_one_word(project, word)
+            timed(f"{plain} after a one-word edit of {EDITED}", render)
+            _run(fmri, project, env)  # (untimed) the stamp a `fmri-report render` leaves, which the plain render voided
+            word += 1
+            _edit_one_word(project, word)
+            log = timed(f"{ours} after a one-word edit of {EDITED}", fmri)
+            if "pages: prose edits" not in log:
+                sys.exit(f"error: fmri-report render did not take the incremental path:\n{log[-3000:]}")
+        for i in range(args.repeat):
+            timed(f"{plain}, nothing changed", render)
+            _run(fmri, project, env)
+            timed(f"{ours}, nothing changed", fmri)
         loads["render"] = _load()
 
         prerender = [sys.executable, "-m", "analysis", "--quiet", "--prerender"]
@@ -213,13 +253,17 @@ def main(argv=None) -> int:
         loads["breakdown"] = _load()
 
     version = subprocess.run([quarto, "--version"], capture_output=True, text=True).stdout.strip()
-    print(f"Quarto {version}, profile {args.profile}, {os.cpu_count()} cores; medians (min–max)")
+    print(f"Quarto {version}, profile {args.profile}, {os.cpu_count()} cores; medians (min–max); CPU: user + system "
+          "seconds of the process tree; load: 1-minute load average after each run")
     width = max(map(len, rows))
     targets = {"cold (html": "≤ 40 s", "one-word": "≤ 10 s"}
     for name, values in rows.items():
         target = next((t for k, t in targets.items() if k in name), "")
         k = f"{kernels[name]:>2} kernels" if name in kernels else ""
-        print(f"  {name:<{width}}  {_fmt(values):<24} {k:<11} {('target ' + target) if target else ''}")
+        cpu = f"CPU {statistics.median(cpus[name]):5.1f} s" if name in cpus else ""
+        load = f"load {statistics.median(row_loads[name]):4.1f}" if name in row_loads else ""
+        print(f"  {name:<{width}}  {_fmt(values):<24} {cpu:<13} {load:<9} {k:<11} "
+              f"{('target ' + target) if target else ''}")
     print("machine load (1/5/15 min) at the start, after the renders, after the floor, after the breakdown: "
           + "; ".join(loads.values()))
     print(f"where a prose-edit render goes (one render of {EDITED}, --log-level debug, {loads['breakdown']}):")

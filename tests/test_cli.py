@@ -160,6 +160,7 @@ def test_render_runs_the_analysis_then_quarto_with_the_arguments(tmp_path, monke
                     f'for a in "$@"; do echo "$a" >> "{record}"; done\nexit 3\n')
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)  # not the book: a plain quarto render (the book's own: test_render_incremental.py)
     calls = []
     monkeypatch.setattr(pipeline, "run", lambda config, force=False: calls.append(config) or _fake_results(tmp_path))
     cfg = write_config(tmp_path / "out")
