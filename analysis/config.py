@@ -231,6 +231,7 @@ class OutputConfig(Section):
 
     dir: str = "."
     cache_dir: str = ".cache"
+    figures: bool = True  # draw the report's figures (a study's runs leave them to the study report)
 
 
 class StudyConfig(Section):

@@ -227,9 +227,10 @@ def _check_writable(out: Path) -> None:
 
 
 def _compute(config: Config, stage: Path, out: Path) -> Results:
-    from .figures.parallel import FigurePool
+    from .figures.parallel import FigurePool, beside_analysis_n_jobs
 
-    with FigurePool() as pool:
+    # one drawing process beside the analysis; none without figures
+    with FigurePool(beside_analysis_n_jobs() if config.output.figures else 0) as pool:
         return _compute_with(config, stage, out, pool)
 
 
@@ -252,7 +253,7 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
     check_design(run, config.replace(glm={"t_r": run.t_r}))  # events and contrasts, before any computation
     config_key = config
     config = config.replace(glm={"t_r": run.t_r})  # from here on the TR is the data's (checked above)
-    w = stages.Writer(stage, pool, RunEntities(**run.entities, space=run.space))
+    w = stages.Writer(stage, pool, RunEntities(**run.entities, space=run.space), figures=config.output.figures)
     raw = run  # as acquired: the data chapter describes it; preprocessing may move it to MNI space
     run, preprocessing = stages.preprocess(config, run, w)
     w.entities = w.entities.with_space(run.space)
@@ -356,7 +357,7 @@ def _compute_statmap(config: Config, stage: Path, out: Path, pool) -> Results:
                     if f}
     checksums = input_checksums({name: sm.path, **smooth_files}, cache_dir(config))
     key = compute_cache_key(config, checksums)
-    w = stages.Writer(stage, pool, RunEntities(space=sm.space))
+    w = stages.Writer(stage, pool, RunEntities(space=sm.space), figures=config.output.figures)
     bg_img = MNI_BACKGROUND
     atlases = stages.label_atlases(config, sm.space)
     rft_inference = stages.rft_from_statmap(config, sm)

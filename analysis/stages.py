@@ -115,10 +115,11 @@ class Writer:
     Figures are drawn from those files (:mod:`analysis.figures.draw`), in worker processes when there is a pool.
     """
 
-    def __init__(self, stage: Path, pool, entities: RunEntities):
+    def __init__(self, stage: Path, pool, entities: RunEntities, *, figures: bool = True):
         self.stage = stage
         self.pool = pool
         self.entities = entities
+        self.draws = figures  # False: no figure is drawn (``output.figures``; a study's runs)
         self.files: dict[str, str] = {}  # run-level derivatives: role -> path relative to the output folder
         self.figures: dict[str, str] = {}  # role -> path relative to the output folder
         self._submitted: list[tuple[str, str, str]] = []
@@ -141,6 +142,8 @@ class Writer:
 
     def draw(self, specs) -> None:
         """Submit figures (:class:`analysis.figures.draw.FigureSpec`); their inputs are already written."""
+        if not self.draws:
+            return
         for spec in specs:
             self.figures[spec.role] = spec.path
             self._submitted.append((spec.role, spec.path, spec.func))

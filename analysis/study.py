@@ -3,11 +3,14 @@
 The levels are explicit nodes, as in BIDS Stats Models (FitLins): run -> subject -> dataset.
 
 * **run**: each run goes through the single-run analysis (:func:`analysis.pipeline.run`) in its own output
-  folder with its own cache (``first_level/sub-<label>/run-<label>/``), with its own events, confounds and
-  checks; adding a subject or editing one run's events recomputes only that run;
+  folder with its own cache (``first_level/sub-<label>/run-<label>/``), with its own events, confounds, checks and
+  calibration, without its figures (``output.figures = false``: the study report draws the subjects' maps) and
+  without the first-level DMN analysis (the group DMN test works from the subjects' effect maps); adding a
+  subject or editing one run's events recomputes only that run;
 * **subject**: one Dask task per subject (:func:`first_level_subject`: inputs in, files out, nothing shared but
   paths) fits the subject's runs and combines them with fixed effects (:func:`nilearn.glm.compute_fixed_effects`,
-  precision-weighted); a run with bad input is left out with its one-line error, a subject without a usable run
+  as nilearn's multi-run ``FirstLevelModel`` combines runs: the mean of the runs' effects, degrees of freedom
+  summed; ``tests/test_study.py`` checks the z maps against that model); a run with bad input is left out with its one-line error, a subject without a usable run
   is left out with its reasons (``study.strict`` makes either fatal); per-run QC (scans, tSNR, framewise
   displacement) travels back with the subject's result;
 * **dataset**: :func:`group_level` fits nilearn's :class:`~nilearn.glm.second_level.SecondLevelModel` on the
@@ -397,8 +400,11 @@ def first_level_subject(config: Config, subject: str, runs: list[str], out: str,
     records, maps = [], []
     for run in runs:
         run_dir = sub_dir / (f"run-{run}" if run else "run-1")
+        # the run's own analysis without its figures and first-level DMN analysis: the study report draws the
+        # subjects' maps, and the group DMN test works from the subjects' effect maps
         cfg = config.replace(bids={"subject": subject, "run": run},
-                             output={"dir": str(run_dir), "cache_dir": ".cache"},
+                             output={"dir": str(run_dir), "cache_dir": ".cache", "figures": False},
+                             dmn={"enabled": False},
                              study=StudyConfig().model_dump())  # the study's settings are not the run's
         rel = run_dir.relative_to(study_out).as_posix()
         try:
@@ -419,8 +425,9 @@ def first_level_subject(config: Config, subject: str, runs: list[str], out: str,
     var = [nib.load(m[1]) for m in maps]
     inside = np.all([np.asarray(v.dataobj) > 0 for v in var], axis=0)  # every run's mask
     mask = nib.Nifti1Image(inside.astype(np.uint8), con[0].affine)
-    # precision-weighted fixed effects over the runs (as FSL FEAT's second level): effect, variance, t, z
-    effect, variance, _t, z = compute_fixed_effects(con, var, mask=mask, precision_weighted=True,
+    # fixed effects over the runs as nilearn's multi-run FirstLevelModel combines them (the mean of the runs'
+    # effects, variance sum / n^2, degrees of freedom summed; tests/test_study.py compares the two)
+    effect, variance, _t, z = compute_fixed_effects(con, var, mask=mask, precision_weighted=False,
                                                     dofs=[m[2] for m in maps])
     files = {}
     for role, img in (("effect", effect), ("variance", variance), ("z", z)):
@@ -775,7 +782,7 @@ def _group_in(stage: Path, out: Path, config: Config, subjects: list[SubjectResu
             rel[role] = write_image(stage, img, name, {
                 "Space": space, "Contrast": contrast, "ContrastExpression": config.contrasts[contrast],
                 "Statistic": desc, "Level": "subject", "Runs": runs,
-                "Method": "precision-weighted fixed effects across runs (nilearn compute_fixed_effects)",
+                "Method": "fixed effects across runs as nilearn's multi-run FirstLevelModel (nilearn compute_fixed_effects)",
                 **({"Units": unit} if role == "effect" else {})})
         sub_files[x.subject] = rel
         effects.append(nib.load(out / x.files["effect"]))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -285,3 +286,40 @@ n_perm = 0
     assert main(["study", "--config", str(cfg), "--quiet"]) == 0  # without --strict: left out, the group uses the rest
     out = capsys.readouterr().out
     assert "2 of 3 subjects in the group; left out: sub-05 (" in out, out
+
+
+def test_a_subjects_runs_combine_as_nilearns_multi_run_first_level_model(tmp_path):
+    """The subject's fixed-effects z equals nilearn's multi-run ``FirstLevelModel`` (one model over both runs, its
+    own fixed effects) fitted on the same runs, design matrices and mask, with nilearn's AR(1) noise model."""
+    from nilearn.glm.first_level import FirstLevelModel
+
+    from analysis.study import first_level_subject
+
+    root = simulate_study(tmp_path / "one", n_subjects=2, n_runs=2, seed=5)
+    out = tmp_path / "out"
+    cfg = _config(root, out).replace(glm={"noise_model": "ar1"})
+    sub = first_level_subject(cfg, "01", ["1", "2"], str(out), "listening")
+    assert sub.included and sub.n_runs_used == 2, sub
+    assert sub.files.keys() == {"effect", "variance", "z"}
+    z = np.asarray(nib.load(out / sub.files["z"]).dataobj)
+    mask = z != 0
+    designs, imgs = [], []
+    for r in sub.runs:
+        run_dir = out / r.output_dir
+        designs.append(pd.read_csv(next((run_dir / "tables").glob("*_design.tsv")), sep="\t", index_col=0))
+        imgs.append(str(next((root / "derivatives" / "fmriprep" / "sub-01" / "func").glob(
+            f"sub-01_task-listening_run-{r.run}_*_desc-preproc_bold.nii.gz"))))
+        assert not list((run_dir / "figures").glob("*.png"))  # a study's runs leave the figures to the study report
+    model = FirstLevelModel(t_r=7.0, noise_model="ar1", mask_img=nib.Nifti1Image(mask.astype(np.uint8),
+                                                                                 nib.load(imgs[0]).affine),
+                            signal_scaling=0, minimize_memory=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # t_r is ignored with design matrices; the mask is ours
+        warnings.simplefilter("ignore", RuntimeWarning)
+        model.fit(imgs, design_matrices=designs)
+    vec = [np.asarray(d.columns == "listening", dtype=float) for d in designs]
+    ref = np.asarray(model.compute_contrast(vec, output_type="z_score").dataobj)
+    diff = np.abs(z[mask] - ref[mask])
+    # a voxel whose AR(1) coefficient sits on the edge of one of nilearn's rounding bins (0.01 wide) can fall into
+    # the neighbouring bin from float32 rounding; measured: 4 of 69,765 voxels, at most 0.018 in z
+    assert (diff <= 1e-4).mean() > 0.999 and diff.max() < 0.05, (np.sort(diff)[-5:], (diff > 1e-4).sum())

@@ -232,8 +232,12 @@ def qc_specs(pre: Preprocessing, files: Mapping[str, str], entities: RunEntities
 
 
 def figure_specs(res: Results) -> list[FigureSpec]:
-    """Every figure of the report, from the results tree (what the run drew, in the same order)."""
+    """Every figure of the report, from the results tree (what the run drew, in the same order); none when the
+    run was told not to draw (``output.figures = false``, a study's runs)."""
     from ..derivatives import RunEntities
+
+    if not res.config.output.figures:
+        return []
 
     ent = RunEntities(**res.entities)
     acquired = ent.with_space(res.dataset.acquired_space or res.dataset.space)
