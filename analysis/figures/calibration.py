@@ -35,7 +35,10 @@ def plot_calibration(cal, out_file: str | Path) -> Path:
     -------
     Path
     """
-    fig, (ax_h, ax_q, ax_s) = plt.subplots(1, 3, figsize=(11, 3.4), constrained_layout=True)
+    # a fixed layout (the file is cropped to its content on saving): constrained layout ran its solver at each of
+    # the two draws of a saving and was a quarter of the figure's time
+    fig, (ax_h, ax_q, ax_s) = plt.subplots(1, 3, figsize=(11, 3.4))
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.16, top=0.9, wspace=0.28)
 
     edges = np.asarray(cal.hist_edges)
     centers = (edges[:-1] + edges[1:]) / 2

@@ -96,16 +96,20 @@ def plot_roi_effects(nodes_table: pd.DataFrame, out_file, *, control_table: pd.D
     y += 0.5
     for name, table, color in parts:
         table = table.sort_values("Effect")
-        for _, row in table.iterrows():
-            if not np.isfinite(row["Effect"]):
-                continue
-            filled = bool(np.isfinite(row["q"]) and row["q"] < alpha)
-            ax.errorbar(row["Effect"], y, xerr=[[row["Effect"] - row["CI Low"]], [row["CI High"] - row["Effect"]]],
-                        fmt="o", color=color, mfc=color if filled else "white", markersize=3.5, elinewidth=0.8)
-            ticks.append(y)
-            ticklabels.append(str(row[label_col]))
-            y += 1
-        y += 0.5
+        table = table[np.isfinite(table["Effect"].to_numpy(dtype=float))]
+        rows = y + np.arange(len(table), dtype=float)
+        effect = table["Effect"].to_numpy(dtype=float)
+        xerr = np.vstack([effect - table["CI Low"].to_numpy(dtype=float),
+                          table["CI High"].to_numpy(dtype=float) - effect])
+        q = table["q"].to_numpy(dtype=float)
+        filled = np.isfinite(q) & (q < alpha)
+        for sel, face in ((~filled, "white"), (filled, color)):  # one errorbar call per marker style, not per node
+            if sel.any():
+                ax.errorbar(effect[sel], rows[sel], xerr=xerr[:, sel], fmt="o", color=color, mfc=face,
+                            markersize=3.5, elinewidth=0.8)
+        ticks += rows.tolist()
+        ticklabels += [str(v) for v in table[label_col]]
+        y += len(table) + 0.5
     ax.axvline(0, color="0.5", linewidth=0.8)
     ax.set_yticks(ticks)
     ax.set_yticklabels(ticklabels, fontsize=5)
