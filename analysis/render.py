@@ -711,7 +711,14 @@ def render_book(quarto: str, project: Path, extra: list[str], env: dict | None =
         code = subprocess.run([quarto, "render", *profile_args, "--to", "html", "--no-clean", "--use-freezer"],
                               cwd=project, env=env).returncode
     if code == 0 and plan.state is not None:
-        write_stamp(project, formats, plan.state)
+        # the pre-render hook ran inside this render: a whole render is rendered from what it left (its stamp
+        # may be new: the run before it had just written the results, too recently to be stamped); a render of
+        # some pages only from what the plan saw, so a hook state that changed meanwhile leaves no stamp
+        hook = _hook_state()
+        if plan.kind == "full":
+            write_stamp(project, formats, {**plan.state, **hook})
+        elif all(plan.state.get(k) == v for k, v in hook.items()):
+            write_stamp(project, formats, plan.state)
     return code
 
 

@@ -397,7 +397,6 @@ def _docx_text(path: Path) -> str:
                      + [c.text for t in doc.tables for row in t.rows for c in row.cells])
 
 
-@pytest.mark.skip(reason="the comparison with a full render is not yet verified against the real Quarto")
 def test_one_word_edit_renders_only_its_page_and_the_book_is_that_of_a_full_render(tmp_path):
     """The incremental render against a plain ``quarto render`` of the same edit in a copy of the same project
     (same results, figures and frozen results; Quarto executes the edited chapter there): every page, the search
