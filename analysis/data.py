@@ -615,6 +615,22 @@ class BoldMatrix:
         self._state["mean"] = means
         return self.data
 
+    def median_tsnr(self) -> float:
+        """Median over the mask of each voxel's temporal SNR (mean / SD over time of the series as read), block
+        by block of voxels (no copy of the run); NaN without a voxel that varies. The same before and after
+        :meth:`scale_in_place` (to float32 rounding)."""
+        ratios = np.empty(self.data.shape[0])
+        step = 16384
+        for start in range(0, self.data.shape[0], step):
+            y = np.asarray(self.data[start:start + step], dtype=np.float64)
+            if self.is_scaled:
+                y = (y / 100.0 + 1.0) * self._state["mean"][start:start + step, None]
+            sd = y.std(axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratios[start:start + step] = np.where(sd > 0, y.mean(axis=1) / sd, np.nan)
+        ratios = ratios[np.isfinite(ratios)]
+        return float(np.median(ratios)) if ratios.size else float("nan")
+
     def raw_series(self, idx: np.ndarray) -> np.ndarray:
         """(n_scans, len(idx)) float64 series of the in-mask voxels ``idx`` as read (rebuilt from the scaled
         matrix once it is scaled, to float32 rounding: about 1e-9 of the signal)."""

@@ -226,6 +226,10 @@ def _check_writable(out: Path) -> None:
                              "set output.dir in the config to a writable folder") from None
 
 
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
 def _compute(config: Config, stage: Path, out: Path) -> Results:
     from .figures.parallel import FigurePool, beside_analysis_n_jobs
 
@@ -318,7 +322,7 @@ def _compute_with(config: Config, stage: Path, out: Path, pool) -> Results:
         voxel_size=tuple(float(z) for z in raw_bold.header.get_zooms()[:3]), dtype=str(raw_bold.get_data_dtype()),
         value_min=value_min, value_max=value_max, n_scans=run.n_scans, t_r=run.t_r,
         t_r_header=t_r_header, has_anat=raw.anat_img is not None, events=run.events, t_r_source=run.t_r_source,
-        acquired_space=raw.space,
+        acquired_space=raw.space, median_tsnr=_finite_or_none(matrix.median_tsnr()),
         files={n: InputFile(path=str(Path(p).resolve()), sha256=checksums[n]) for n, p in sorted(run.files.items())})
     drift_cols = [c for c in design.columns if c.startswith("drift") or c.startswith("cosine")]
     model_info = ModelInfo(

@@ -57,6 +57,7 @@ class DatasetInfo:
     files: dict[str, InputFile]
     t_r_source: str = ""  # where the TR came from (BIDS sidecar, fetcher, header, simulation)
     acquired_space: str = ""  # space of the images as acquired ("native" when preprocessing normalised them)
+    median_tsnr: float | None = None  # median temporal SNR (mean / SD over time) in the analysis mask
 
     @property
     def conditions(self) -> list[str]:

@@ -4,7 +4,7 @@ The levels are explicit nodes, as in BIDS Stats Models (FitLins): run -> subject
 
 * **run**: each run goes through the single-run analysis (:func:`analysis.pipeline.run`) in its own output
   folder with its own cache (``first_level/sub-<label>/run-<label>/``), with its own events, confounds, checks and
-  calibration, without its figures (``output.figures = false``: the study report draws the subjects' maps) and
+  calibration (of its own noise model; not the reference model's), without its figures (``output.figures = false``: the study report draws the subjects' maps) and
   without the first-level DMN analysis (the group DMN test works from the subjects' effect maps); adding a
   subject or editing one run's events recomputes only that run;
 * **subject**: one Dask task per subject (:func:`first_level_subject`: inputs in, files out, nothing shared but
@@ -344,14 +344,16 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _run_qc(res) -> dict[str, float]:
-    """tSNR (median over the brain mask of mean / sd over time) and framewise displacement of one run."""
+    """tSNR (median over the analysis mask of mean / sd over time) and framewise displacement of one run."""
     import nibabel as nib
 
     files = {Path(f.path).name: f.path for f in res.dataset.files.values()}
     qc: dict[str, float] = {}
     bold = next((p for n, p in files.items() if n.endswith("_bold.nii.gz") or n.endswith("_bold.nii")), None)
     mask = next((p for n, p in files.items() if "_mask.nii" in n), None)
-    if bold is not None:
+    if res.dataset.median_tsnr is not None:  # from the run's one read (results of this version)
+        qc["tsnr"] = float(res.dataset.median_tsnr)
+    elif bold is not None:  # results saved before they carried it: read the run again
         data = np.asarray(nib.load(bold).dataobj, dtype=np.float32)
         inside = (np.asarray(nib.load(mask).dataobj) > 0) if mask else data.mean(-1) > 0
         series = data[inside]
@@ -405,6 +407,9 @@ def first_level_subject(config: Config, subject: str, runs: list[str], out: str,
         cfg = config.replace(bids={"subject": subject, "run": run},
                              output={"dir": str(run_dir), "cache_dir": ".cache", "figures": False},
                              dmn={"enabled": False},
+                             # the subject table shows the run's own model's calibration verdict: the comparison
+                             # with nilearn's reference noise model is the single-run report's
+                             calibration={"reference_model": ""},
                              study=StudyConfig().model_dump())  # the study's settings are not the run's
         rel = run_dir.relative_to(study_out).as_posix()
         try:
