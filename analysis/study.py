@@ -306,7 +306,7 @@ class RunRecord:
     output_dir: str = ""  # the run's own output folder (and cache), relative to the study folder
     n_scans: int = 0
     dof: float = 0.0
-    tsnr: float = float("nan")  # median temporal SNR in the brain mask
+    tsnr: float = float("nan")  # median temporal SNR in the analysis mask (the brain mask without constant or non-finite voxels)
     mean_fd: float = float("nan")  # framewise displacement (mm), when the confounds file has it
     max_fd: float = float("nan")
     z_max: float = float("nan")  # the run's first-level contrast

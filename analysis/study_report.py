@@ -586,7 +586,7 @@ def subject_page(study, subject, report: StudyReport | None, project: str | Path
     out.append(text.fmt_list(refs) + ".")
     out.append(f"## Runs {{#sec-sub-{sub}-runs}}")
     out.append(f"::: {{#tbl-sub-{sub}-runs}}\n{tables.markdown(_runs_table(study, subject, summary))}\n\n"
-               f"Runs of sub-{text.md_escape(sub)}: scans, median temporal SNR in the brain mask, framewise "
+               f"Runs of sub-{text.md_escape(sub)}: scans, median temporal SNR in the analysis mask, framewise "
                "displacement, the run's peak z of *"
                f"{text.md_escape(study.first_level_contrast)}*, the calibration verdict of its saved results and why "
                "a run was left out.\n:::")
