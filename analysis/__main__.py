@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     # render in this package's book: do the pre-render hook's work here (its own run then takes the fast path),
     # so that analysis.render compares chapters and frozen results that are in step with the results
+    if command == "render" and _profile_hook(extra):  # its own pre-render step computes what it shows
+        return _render(quarto, args.config, extra)
     book = command == "render" and not args.dataset and _book_project()
     if book and not args.force:
         with _hook_env(args.config):
@@ -227,6 +229,18 @@ def _render(quarto: str, config: str | None, extra: list[str]) -> int:
     sys.stdout.flush()
     with _hook_env(config):
         return render_book(quarto, Path.cwd(), extra, env)
+
+
+def _profile_hook(extra: list[str]) -> bool:
+    """``render --profile P`` where the profile has its own pre-render step (the study report): Quarto runs that
+    step, and this command runs no single-run analysis before it."""
+    from .render import _parse, profile_hook
+
+    parsed = _parse(extra)
+    try:
+        return parsed is not None and profile_hook(Path.cwd(), parsed[0]) is not None
+    except (OSError, ValueError):
+        return False
 
 
 def _book_project() -> bool:

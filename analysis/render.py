@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["STAMP", "Plan", "render_book", "plan_render", "patch_frozen", "signature", "book_chapters",
-           "print_copy", "is_book_project", "source_state", "write_stamp", "unsafe_layout", "detach_search_entries",
+           "print_copy", "is_book_project", "profile_hook", "source_state", "write_stamp", "unsafe_layout", "detach_search_entries",
            "reattach_search_entries"]
 
 STAMP = ".render-stamp.json"
@@ -89,6 +89,18 @@ def is_book_project(project: Path) -> bool:
     hook = (config.get("project") or {}).get("pre-render")
     hooks = [hook] if isinstance(hook, str) else list(hook or [])
     return (config.get("project") or {}).get("type") == "book" and hooks == [HOOK]
+
+
+def profile_hook(project: Path, profile: str | None) -> str | None:
+    """The pre-render hook an active profile sets instead of the book's (e.g. the study report's), or None."""
+    hook = None
+    for name in active_profiles(project, profile):
+        path = Path(project) / f"_quarto-{name}.yml"
+        if path.exists():
+            found = (_read_yaml(path).get("project") or {}).get("pre-render")
+            if found and found != HOOK and [found] != [HOOK]:
+                hook = found if isinstance(found, str) else " && ".join(map(str, found))
+    return hook
 
 
 def _read_yaml(path: Path) -> dict:
@@ -645,7 +657,9 @@ def render_book(quarto: str, project: Path, extra: list[str], env: dict | None =
     why = "not this package's book" if not is_book_project(project) else "other arguments" if parsed is None else None
     if why is None:
         try:
-            why = unsafe_layout(project, book_chapters(project, parsed[0]))
+            hook = profile_hook(project, parsed[0])
+            why = (f"the profile's own pre-render step ({hook})" if hook is not None
+                   else unsafe_layout(project, book_chapters(project, parsed[0])))
         except (OSError, ValueError) as exc:
             why = f"{type(exc).__name__}: {exc}"
     if why is not None:

@@ -367,6 +367,32 @@ def test_other_arguments_go_to_a_plain_quarto_render(book, quarto):
     assert not (book / render.STAMP).exists()  # the outputs changed under the stamp
 
 
+def test_a_profile_with_its_own_pre_render_gets_a_plain_quarto_render(book, quarto, monkeypatch, capsys):
+    """The study report's profile (``_quarto-study.yml`` sets its own pre-render step): ``fmri-report render
+    --profile study`` is ``quarto render --profile study``, and the command runs no single-run analysis first."""
+    fake, log = quarto
+    (book / "_quarto-study.yml").write_text("project:\n  pre-render: python -m analysis.study_report --prerender\n"
+                                            "book:\n  chapters:\n    - index.qmd\n")
+    assert render.profile_hook(book, "study") == "python -m analysis.study_report --prerender"
+    assert render.profile_hook(book, "main") is None
+    assert render.render_book(str(fake), book, ["--profile", "study", "--to", "html"]) == 0
+    assert _calls(log, book) == [("project", ["render", "--profile", "study", "--to", "html"])]
+    assert not (book / render.STAMP).exists()
+
+    from analysis import __main__ as cli
+    from analysis import pipeline
+
+    def no_analysis(*args, **kwargs):
+        raise AssertionError("the single-run analysis ran before the study render")
+
+    monkeypatch.setattr(pipeline, "run", no_analysis)
+    monkeypatch.chdir(book)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    log.write_text("")
+    assert cli.main(["render", "--profile", "study"]) == 0
+    assert _calls(log, book) == [("project", ["render", "--profile", "study"])]
+
+
 def test_a_failed_html_render_leaves_no_stamp(book, quarto, monkeypatch):
     fake, _ = quarto
     (book / "chapters" / "02-methods.qmd").write_text(CHAPTER.replace("as configured", "as configured here"))
