@@ -286,10 +286,13 @@ def _calls(log: Path, project: Path) -> list[tuple[str, list[str]]]:
     return [("project" if Path(cwd) == project.resolve() else "copy", args) for cwd, args in calls]
 
 
-@pytest.mark.parametrize("load, copies", [(0.0, 2), (9.0, 1)])
-def test_a_prose_edit_renders_its_page_and_the_print_books_in_copies(book, quarto, monkeypatch, load, copies):
+@pytest.mark.parametrize("cores, load, copies", [(4, 0.0, 2), (4, 9.0, 1), (2, 0.0, 1)])
+def test_a_prose_edit_renders_its_page_and_the_print_books_in_copies(book, quarto, monkeypatch, cores, load, copies):
+    """One copy per print book when each has a core beside the HTML render and the machine is not busy; else one
+    copy for both (a busy machine, or 2 cores)."""
     fake, log = quarto
-    monkeypatch.setattr(render.os, "getloadavg", lambda: (load, load, load))  # a busy machine: one copy for both
+    monkeypatch.setattr(render.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(render.os, "cpu_count", lambda: cores)
     (book / "chapters" / "02-methods.qmd").write_text(CHAPTER.replace("as configured", "as configured here"))
     assert render.render_book(str(fake), book, []) == 0
     calls = sorted(_calls(log, book))
@@ -348,6 +351,7 @@ def test_chapters_or_outputs_outside_the_project_get_a_plain_quarto_render(book,
 def test_a_label_edit_renders_the_whole_book(book, quarto, monkeypatch):
     fake, log = quarto
     monkeypatch.setattr(render.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(render.os, "cpu_count", lambda: 4)
     (book / "chapters" / "02-methods.qmd").write_text(CHAPTER.replace("{#fig-design}", "{#fig-matrix}"))
     frozen = book / "_freeze" / "chapters" / "02-methods" / "execute-results" / "html.json"
     data = json.loads(frozen.read_text())
@@ -391,6 +395,21 @@ def test_a_profile_with_its_own_pre_render_gets_a_plain_quarto_render(book, quar
     log.write_text("")
     assert cli.main(["render", "--profile", "study"]) == 0
     assert _calls(log, book) == [("project", ["render", "--profile", "study"])]
+
+
+def test_a_whole_render_whose_hook_could_not_stamp_runs_it_again(book, quarto, monkeypatch):
+    """The pre-render hook leaves no stamp for results written moments before it (a run just before the render);
+    a whole render then runs it once more at the end, so the next prose edit is not a whole render again."""
+    fake, log = quarto
+    none = {"freeze": "fingerprint", "prerender": None}
+    states = iter([none, none, {"freeze": "fingerprint", "prerender": "late"}])  # plan, end of render, re-run
+    monkeypatch.setattr(render, "_hook_state", lambda: next(states))
+    reruns = []
+    monkeypatch.setattr(render, "_rerun_hook", lambda project, env, profile: reruns.append((project, profile)))
+    (book / render.STAMP).unlink()
+    assert render.render_book(str(fake), book, ["--to", "html"]) == 0
+    assert reruns == [(book.resolve(), None)]
+    assert json.loads((book / render.STAMP).read_text())["prerender"] == "late"
 
 
 def test_a_failed_html_render_leaves_no_stamp(book, quarto, monkeypatch):
