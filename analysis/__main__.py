@@ -234,11 +234,10 @@ def _render(quarto: str, config: str | None, extra: list[str]) -> int:
 def _profile_hook(extra: list[str]) -> bool:
     """``render --profile P`` where the profile has its own pre-render step (the study report): Quarto runs that
     step, and this command runs no single-run analysis before it."""
-    from .render import _parse, profile_hook
+    from .render import hook_of_render
 
-    parsed = _parse(extra)
     try:
-        return parsed is not None and profile_hook(Path.cwd(), parsed[0]) is not None
+        return hook_of_render(Path.cwd(), extra) is not None
     except (OSError, ValueError):
         return False
 

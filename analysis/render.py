@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["STAMP", "Plan", "render_book", "plan_render", "patch_frozen", "signature", "book_chapters",
-           "print_copy", "is_book_project", "profile_hook", "source_state", "write_stamp", "unsafe_layout", "detach_search_entries",
+           "print_copy", "is_book_project", "profile_hook", "hook_of_render", "source_state", "write_stamp", "unsafe_layout", "detach_search_entries",
            "reattach_search_entries"]
 
 STAMP = ".render-stamp.json"
@@ -101,6 +101,12 @@ def profile_hook(project: Path, profile: str | None) -> str | None:
             if found and found != HOOK and [found] != [HOOK]:
                 hook = found if isinstance(found, str) else " && ".join(map(str, found))
     return hook
+
+
+def hook_of_render(project: Path, extra: list[str]) -> str | None:
+    """:func:`profile_hook` for the arguments of ``fmri-report render`` (None for arguments it passes on)."""
+    parsed = _parse(extra)
+    return profile_hook(project, parsed[0]) if parsed is not None else None
 
 
 def _read_yaml(path: Path) -> dict:
