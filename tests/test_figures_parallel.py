@@ -94,35 +94,3 @@ def test_fast_mni_background_is_nilearns_2mm_template():
     assert ours.shape == theirs.shape
     np.testing.assert_allclose(ours.affine, theirs.affine)
     np.testing.assert_allclose(ours.get_fdata(), theirs.get_fdata(), rtol=0, atol=1e-12)
-
-
-def _slow_pid(i: int, seconds: float) -> tuple[int, int]:
-    import os
-    import time
-
-    time.sleep(seconds)
-    return i, os.getpid()
-
-
-def test_results_draws_what_no_worker_started_in_the_caller():
-    """The caller, free once it asks for the results, takes unstarted jobs from the back of the queue; every
-    job runs exactly once and the results keep the submission order."""
-    import os
-
-    with FigurePool(n_jobs=1, start_method="fork") as pool:
-        for i in range(8):
-            pool.submit(_slow_pid, i, 0.3)
-        out = pool.results()
-    assert [i for i, _ in out] == list(range(8))
-    here = [i for i, pid in out if pid == os.getpid()]
-    assert here and here == list(range(8 - len(here), 8))  # a tail of the queue, drawn here
-    assert len(here) < 8 and out[0][1] != os.getpid()  # the worker drew the front
-
-
-def test_a_failing_figure_drawn_by_the_caller_raises(tmp_path):
-    with FigurePool(n_jobs=1, start_method="fork") as pool:
-        for i in range(4):
-            pool.submit(_slow_pid, i, 0.3)
-        pool.submit(maps.plot_glass, "no-such-image.nii.gz", tmp_path / "x.png")
-        with pytest.raises(Exception):
-            pool.results()

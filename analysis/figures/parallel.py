@@ -19,13 +19,10 @@ Arguments are pickled to the workers: pass what the figure needs (a 3D image, th
 of a 4D run), not the whole 4D run. ``n_jobs=0`` (or a single job) draws in the calling process;
 ``ANALYSIS_FIGURE_JOBS=0`` in the environment does the same for every pool.
 
-While it computes, the analysis process needs neither matplotlib nor ``nilearn.plotting``: it names the
-figure functions through :func:`figure_module` (``maps = figure_module("maps"); pool.submit(maps.plot_glass,
-...)``), whose references are resolved where the figure is drawn. The workers import the plotting modules as
-they start (:meth:`FigurePool.start`), while the analysis goes on. Once the analysis asks for the results it has
-nothing else to do, and draws the figures no worker has started yet itself (:meth:`FigurePool.results`): on the
-reference run that is 12 % less wall time than waiting for the one worker (8.6 s against 9.8 s), and less than two
-workers (9.0 s), measured side by side.
+The analysis process never needs matplotlib or ``nilearn.plotting`` itself: it names the figure
+functions through :func:`figure_module` (``maps = figure_module("maps"); pool.submit(maps.plot_glass, ...)``),
+whose references are resolved where the figure is drawn. The workers import the plotting modules as
+they start (:meth:`FigurePool.start`), while the analysis goes on.
 """
 
 from __future__ import annotations
@@ -204,7 +201,6 @@ class FigurePool:
         self.n_jobs = default_n_jobs() if n_jobs is None else max(0, int(n_jobs))
         self.start_method = start_method or _start_method()
         self._futures: list[Future] = []
-        self._jobs: list[Job] = []
         self._executor: ProcessPoolExecutor | None = None
 
     def _pool(self) -> ProcessPoolExecutor:
@@ -235,27 +231,10 @@ class FigurePool:
         else:
             fut = self._pool().submit(_call, func, args, kwargs)
         self._futures.append(fut)
-        self._jobs.append((func, args, kwargs))
         return fut
 
     def results(self) -> list[Any]:
-        """Wait for every submitted figure; their return values (paths) in submission order.
-
-        The caller has nothing else to do by then, so it draws too: the figures no worker has started are taken
-        from the end of the queue, one at a time, and drawn in this process (the same function, the same
-        matplotlib settings: the same bytes), while the workers go on from the front.
-        """
-        if self._executor is not None:
-            for i in range(len(self._futures) - 1, -1, -1):
-                if not self._futures[i].cancel():  # started or done: so is everything before it (FIFO)
-                    break
-                func, args, kwargs = self._jobs[i]
-                fut: Future = Future()
-                try:
-                    fut.set_result(func(*args, **kwargs))
-                except BaseException as exc:  # noqa: BLE001 - re-raised below
-                    fut.set_exception(exc)
-                self._futures[i] = fut
+        """Wait for every submitted figure; their return values (paths) in submission order."""
         try:
             return [f.result() for f in self._futures]
         except BaseException:
