@@ -47,7 +47,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true", help="recompute even if cached results are valid")
     parser.add_argument("--check", action="store_true", help="validate only, fit nothing (the check command)")
     parser.add_argument("--prerender", action="store_true",
-                        help="Quarto pre-render hook: run (cached), write _report-metadata.yml, keep _freeze/ in step")
+                        help="Quarto pre-render hook: run (cached), write _report-metadata.yml and the chapters' _parts/")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress messages")
     parser.add_argument("--verbose", "-v", action="store_true", help="also show the libraries' own warnings")
 
@@ -158,10 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             from .report import subtitle
 
             write_quarto_metadata(meta, simulated=results.dataset.is_simulated, subtitle=subtitle(results))
-            from .freeze import sync_freeze
-            from .pipeline import cache_dir
+            from .pages import write_parts
+            from .provenance import write_provenance
 
-            sync_freeze(results.cache_key, Path.cwd(), cache_dir(config))
+            write_parts(results, Path.cwd())  # what the chapters include and cite (they execute no code)
+            write_provenance(Path.cwd())
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
@@ -273,16 +274,17 @@ def _prerender_args(args) -> list:
 
 
 def _unchanged_since_last_prerender(args) -> str | None:
-    """The pre-render hook's fast path (``analysis.freeze.prerender_is_current``): imports nothing heavy."""
+    """The pre-render hook's fast path (``analysis.prerender.prerender_is_current``): imports nothing heavy."""
     from pathlib import Path
 
     from .config import config_path
-    from .freeze import prerender_is_current, share_frozen_results
+    from .prerender import prerender_is_current
+    from .provenance import write_provenance
 
     try:
         summary = prerender_is_current(_prerender_args(args), config_path(args.config))
         if summary is not None:
-            share_frozen_results(Path.cwd())  # the links are re-made at every render (a moved project)
+            write_provenance(Path.cwd())  # the commit and the day are the rendering's, not the results'
         return summary
     except Exception:  # noqa: BLE001 - any doubt: take the full path, which reports errors properly
         return None
@@ -302,9 +304,8 @@ def _save_prerender_stamp(args, config, results, summary: str) -> None:
     from . import outputs
     from .config import config_path
     from .data import nilearn_data_dir
-    from .freeze import FINGERPRINT_FILE, record_prerender
+    from .prerender import record_prerender
     from .metadata import METADATA_FILE
-    from .pipeline import cache_dir
 
     out = Path(config.output.dir).resolve()
     # (not the output folder itself: every run probes it for writing, and the title page is written into it)
@@ -313,8 +314,17 @@ def _save_prerender_stamp(args, config, results, summary: str) -> None:
     if config.data.dataset == "spm_auditory":  # the real data appearing replaces a simulated fallback
         watched.append(Path(nilearn_data_dir(config) or Path.home() / "nilearn_data") / "spm_auditory" / "MoAEpilot"
                        / "sub-01")
-    written = [METADATA_FILE.resolve(), cache_dir(config) / FINGERPRINT_FILE]
+    written = [METADATA_FILE.resolve(), *_written_parts(results)]
     record_prerender(_prerender_args(args), config_path(args.config), watched, written, summary)
+
+
+def _written_parts(results) -> list:
+    from pathlib import Path
+
+    from .pages import PARTS_DIR, VALUES_FILE, chapter_names
+
+    return [Path.cwd() / VALUES_FILE, *sorted(p for name in chapter_names(results)
+                                            for p in (Path.cwd() / PARTS_DIR / name).glob("*.md"))]
 
 
 def _library_warnings(verbose: bool) -> None:

@@ -36,8 +36,8 @@ def cache_dir(config: Config) -> Path:
 
 # Modules read only when the report is rendered (prose, tables, title page): editing them never changes a result,
 # so they are left out of the cache key; every other module computes (or draws the figures the run writes).
-RENDER_ONLY = ("__main__.py", "checklist.py", "freeze.py", "metadata.py", "render.py", "report.py", "tables.py",
-               "text.py")
+RENDER_ONLY = ("__main__.py", "checklist.py", "metadata.py", "pages.py", "prerender.py", "provenance.py", "render.py",
+               "report.py", "tables.py", "text.py")
 # The figure code: it draws from the saved results, so it has its own fingerprint (a plot edit redraws, never refits).
 FIGURE_CODE = "figures/"
 

@@ -27,12 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
-import subprocess
 import sys
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -47,7 +44,7 @@ if TYPE_CHECKING:
     from .results import Results
 
 __all__ = ["Author", "ReportMetadata", "MetadataError", "validate_report", "from_toml", "to_quarto",
-           "write_quarto_metadata", "METADATA_FILE", "DEFAULT_TITLE", "provenance", "input_files", "shared_files"]
+           "write_quarto_metadata", "METADATA_FILE", "DEFAULT_TITLE", "input_files", "shared_files"]
 
 METADATA_FILE = Path("_report-metadata.yml")
 DEFAULT_TITLE = "Listening vs rest: a first-level fMRI report"
@@ -259,42 +256,6 @@ def write_quarto_metadata(meta: ReportMetadata, path: str | Path = METADATA_FILE
     tmp.write_text(body, encoding="utf-8")
     tmp.replace(path)
     return path
-
-
-# ----------------------------------------------------------------------------- provenance (colophon)
-
-def _git(*args: str, cwd: str | Path = ".") -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True,
-                              timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def _quarto_version() -> str:
-    try:
-        return subprocess.run(["quarto", "--version"], capture_output=True, text=True, check=True,
-                              timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def provenance(project: str | Path = ".", now: datetime | None = None) -> dict[str, str]:
-    """Where and when this rendering happened: git commit, platform, render date, Quarto version.
-
-    Every value is a non-empty display string (``"not a git checkout"``, ``"not found"`` when unknown).
-    """
-    commit = _git("rev-parse", "HEAD", cwd=project)
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", cwd=project)) if commit else False
-    now = now or datetime.now(timezone.utc)
-    return {
-        "commit": (commit + (" (with uncommitted changes)" if dirty else "")) if commit else "not a git checkout",
-        "commit_short": commit[:10] if commit else "not a git checkout",
-        "render_date": now.strftime("%Y-%m-%d %H:%M UTC"),
-        "platform": f"{platform.system()} {platform.release()} ({platform.machine()})",
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "quarto": os.environ.get("QUARTO_VERSION") or _quarto_version() or "not found",
-    }
 
 
 def input_files(res: "Results") -> pd.DataFrame:

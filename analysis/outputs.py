@@ -42,7 +42,7 @@ _TRASH_PREFIX = ".analysis-old-"
 _MARKER = ".written-by-analysis"
 # folders of the project's own source that must never be an output folder
 _SOURCE_FOLDERS = ("analysis", "chapters", "tests", "bench", "docs", ".git", ".github", ".ci", "_book", "_freeze",
-                   ".quarto")
+                   "_parts", ".quarto")
 
 
 class OutputError(ValueError):

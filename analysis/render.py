@@ -6,8 +6,8 @@ size). :func:`render_book` renders the same outputs in less:
 
 - **Only the edited pages.** The last render through this command leaves a stamp next to ``_freeze/``
   (:data:`STAMP`): the source of every chapter as it was when the render started, the configuration files, the
-  pre-render hook's state (freeze fingerprint, and its stamp of every file of the results, figures and tables
-  included), the date and the stat of every file in ``_book/``. When the only difference since then is prose in
+  pre-render hook's state (its stamp of every file of the results, figures, tables and chapter parts, and the
+  commit and day the colophon shows), the date and the stat of every file in ``_book/``. When the only difference since then is prose in
   some chapters (lines outside code cells and front matter that are not headings, div fences, labels, inline
   code or shortcodes, with the same cross-references and citations in the same order), those chapters' HTML pages
   are rendered alone (``quarto render <chapters> --to html --use-freezer``: Quarto then renders the page, updates
@@ -17,10 +17,11 @@ size). :func:`render_book` renders the same outputs in less:
   the index is the one a whole render writes; in doubt, the HTML book is rendered whole. Anything else, or any
   doubt (no stamp, an output written by another command, ``.quarto/`` gone, a new day for ``date: today``, a
   chapter or output folder that is not a plain path inside the project), renders the whole book.
-- **No kernel for a prose edit.** Quarto would re-execute an edited chapter (a Jupyter kernel, about 3 s). A prose
+- **No kernel for a prose edit.** The report's own chapters execute no code (:mod:`analysis.pages`); a chapter of
+  yours that does would be re-executed by Quarto after an edit (a Jupyter kernel, about 3 s). A prose
   line is not code, so its executed result is the frozen one with the same lines changed: :func:`patch_frozen`
   makes that edit in ``_freeze/<chapter>/execute-results/html.json`` (the PDF's and Word's frozen results are
-  links to it, :mod:`analysis.freeze`) and records the new source's hash, so Quarto thaws it. The changed lines must
+  links to it when the render made them so) and records the new source's hash, so Quarto thaws it. The changed lines must
   be found exactly once, with their unchanged prose neighbours, in the frozen Markdown; otherwise the chapter is
   executed as Quarto would.
 - **The PDF and the Word file beside the HTML.** Both are books of the whole report, so every render makes them
@@ -278,18 +279,19 @@ def _config_files(project: Path) -> dict[str, str]:
     return found
 
 
-def _hook_state() -> dict[str, str | None]:
-    """What the pre-render hook last recorded (:mod:`analysis.freeze`): the freeze fingerprint (results' cache key,
-    package code and templates) and a hash of its stamp, which holds the stat of every file of the published
-    generation (figures and tables included: a redraw changes them without changing the results)."""
-    found: dict[str, str | None] = {"freeze": None, "prerender": None}
+def _hook_state(project: Path) -> dict[str, str | None]:
+    """What the pre-render hook last recorded (:mod:`analysis.prerender`): a hash of its stamp, which holds the stat
+    of every file of the published generation (figures and tables included: a redraw changes them without
+    changing the results), of the package's code and of the chapters' parts and values it wrote; and the
+    rendering's provenance (commit, day), which the colophon shows."""
+    found: dict[str, str | None] = {"prerender": None, "provenance": None}
     try:
         from .config import config_path
-        from .freeze import FINGERPRINT_FILE, _stamp_file
+        from .prerender import stamp_file
+        from .provenance import provenance
 
-        stamp = _stamp_file(config_path(None))
-        found["freeze"] = (stamp.parent / FINGERPRINT_FILE).read_text(encoding="utf-8").strip()
-        found["prerender"] = hashlib.sha1(stamp.read_bytes()).hexdigest()
+        found["prerender"] = hashlib.sha1(stamp_file(config_path(None)).read_bytes()).hexdigest()
+        found["provenance"] = json.dumps(provenance(project), sort_keys=True)
     except Exception:  # noqa: BLE001 - unknown: the plan falls back to a full render
         pass
     return found
@@ -366,7 +368,7 @@ def source_state(project: Path, profile: str | None) -> dict:
     project = Path(project)
     chapters = book_chapters(project, profile)
     return {"profiles": active_profiles(project, profile), "date": datetime.date.today().isoformat(),
-            "config": _config_files(project), **_hook_state(),
+            "config": _config_files(project), **_hook_state(project),
             "chapters": {c: (project / c).read_text(encoding="utf-8") for c in chapters}}
 
 
@@ -391,7 +393,7 @@ def plan_render(project: Path, profile: str | None, formats: list[str]) -> Plan:
             return Plan("full", "a new day (the title page shows the date)", state=state)
         if stamp.get("config") != state["config"]:
             return Plan("full", "a configuration file, the title page or the bibliography changed", state=state)
-        for key in ("freeze", "prerender"):
+        for key in ("prerender", "provenance"):
             if stamp.get(key) is None or stamp.get(key) != state[key]:
                 return Plan("full", "the results, their figures and tables or the package changed", state=state)
         if list(stamp.get("chapters", {})) != chapters:
@@ -734,14 +736,14 @@ def render_book(quarto: str, project: Path, extra: list[str], env: dict | None =
         # the pre-render hook ran inside this render: a whole render is rendered from what it left (its stamp
         # may be new: the run before it had just written the results, too recently to be stamped); a render of
         # some pages only from what the plan saw, so a hook state that changed meanwhile leaves no stamp
-        hook = _hook_state()
+        hook = _hook_state(project)
         if plan.kind == "full":
             if hook["prerender"] is None:
-                # the hook does not stamp files written moments before it (analysis.freeze.record_prerender:
+                # the hook does not stamp files written moments before it (analysis.prerender.record_prerender:
                 # the results of a run just before the render); run it once more now that they are older, so
                 # that the next render can tell a prose edit from a change of the results
                 _rerun_hook(project, env, profile)
-                hook = _hook_state()
+                hook = _hook_state(project)
             write_stamp(project, formats, {**plan.state, **hook})
         elif all(plan.state.get(k) == v for k, v in hook.items()):
             write_stamp(project, formats, plan.state)

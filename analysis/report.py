@@ -11,7 +11,7 @@ from . import text
 from .results import ContrastResult, Results
 
 __all__ = ["methods", "results_text", "calibration", "calibration_text", "dmn", "dmn_text", "dmn_callout",
-           "fallback_callout", "label_caption", "subtitle", "dataset_line", "figure", "statmap_text",
+           "fallback_callout", "label_caption", "subtitle", "dataset_line", "statmap_text",
            "dmn_overlap_text", "preprocessing_text", "DMNFacts", "dmn_facts", "dmn_table", "dmn_missing", "preprocessing_section", "HRF_TEXT", "rft", "keywords_line"]
 
 HRF_TEXT = {
@@ -265,23 +265,6 @@ def keywords_line(meta=None) -> str:
     if not meta.keywords:
         return ""
     return "**Keywords:** " + ", ".join(text.md_escape(k) for k in meta.keywords) + ".\n"
-
-
-def figure(res: Results, role: str, missing: str = "Not available in this run."):
-    """The figure for a chapter cell: a Markdown image link, or a one-line note when the run did not make it.
-
-    The link is relative to the chapter being rendered (Quarto's ``QUARTO_DOCUMENT_PATH``; else the working
-    directory). A link, not an ``Image`` display: the cell's output is then the same for every format, which lets
-    one execution serve the HTML, PDF and Word books (``analysis/freeze.py``), and the PNG is not copied.
-    """
-    import os
-
-    from IPython.display import Markdown
-
-    if role in res.figures:
-        here = os.environ.get("QUARTO_DOCUMENT_PATH") or os.getcwd()
-        return Markdown(f"![]({os.path.relpath(res.figure(role), here).replace(os.sep, '/')})")
-    return Markdown(f"*{missing}*")
 
 
 def statmap_text(res: Results) -> str:

@@ -323,11 +323,11 @@ def methods_text(study) -> str:
     return "\n\n".join([first, study.methods_text(), thresholds])
 
 
-def figure(study, rel: str | None, missing: str = "Not drawn.", here: str | None = None) -> str:
-    """A Markdown image link to a file of the study folder, relative to the page being rendered."""
+def figure(study, rel: str | None, missing: str = "Not drawn.", here: str | Path = STUDY_CHAPTERS) -> str:
+    """A Markdown image link to a file of the study folder, relative to the folder of the page that shows it
+    (``here``: relative to the working folder, the project's in the pre-render hook)."""
     if not rel or not study.path(rel).is_file():
         return f"*{text.md_escape(missing)}*"
-    here = here or os.environ.get("QUARTO_DOCUMENT_PATH") or os.getcwd()
     return f"![]({os.path.relpath(study.path(rel), here).replace(os.sep, '/')})"
 
 
@@ -683,39 +683,27 @@ def write_book_metadata(study, pages: list[Path], project: str | Path = ".") -> 
 
 # ----------------------------------------------------------------------------- the pre-render hook
 
-def study_chapters(project: str | Path = ".") -> list[Path]:
-    """The study book's chapters that hold Python code (relative paths): the home page and ``chapters/study/``."""
-    project = Path(project)
-    return [p.relative_to(project) for p in [project / HOME_PAGE, *sorted((project / STUDY_CHAPTERS).glob("*.qmd"))]
-            if p.is_file()]
+def write_study_parts(study, report: StudyReport | None, project: str | Path = ".") -> list[Path]:
+    """What the study book's chapters include (``_parts/study/<part>.md``) and cite (``r.study.<value>`` in
+    ``_parts/values.yml``): the chapters execute no code (:mod:`analysis.pages`)."""
+    from dataclasses import asdict
 
-
-def sync_study_freeze(study, project: str | Path = ".") -> bool:
-    """Forget the study chapters' frozen results when the study, its report step or the package changed.
-
-    The key is the study results, the report step's file and every source file of the package
-    (:func:`analysis.freeze.fingerprint`); the stamp lives in ``<study>/report/``. The PDF's and Word's frozen
-    results are links to the HTML's, as for the single-run book (:func:`analysis.freeze.share_frozen_results`).
-    """
-    import shutil
-
-    from .freeze import fingerprint, share_frozen_results
+    from . import report as single_run_report
+    from . import tables
+    from .pages import PARTS_DIR, write_file, write_values
 
     project = Path(project)
-    root = Path(study.output_dir)
-    new = fingerprint(_key(_sha(root / "results" / "study.json"), _sha(root / REPORT_FILE)))
-    stamp = root / REPORT_DIR / "freeze-fingerprint.txt"
-    old = stamp.read_text(encoding="utf-8").strip() if stamp.is_file() else ""
-    stale = new != old
-    if stale:
-        for chapter in study_chapters(project):
-            shutil.rmtree(project / "_freeze" / chapter.with_suffix(""), ignore_errors=True)
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    tmp = stamp.with_name(stamp.name + ".tmp")
-    tmp.write_text(new + "\n", encoding="utf-8")
-    tmp.replace(stamp)
-    share_frozen_results(project, chapters=study_chapters(project))
-    return stale
+    parts = {"simulated": simulated_callout(study), "keywords": single_run_report.keywords_line(),
+             "methods": methods_text(study), "results": results_section(study, report),
+             "tbl-study-subjects": tables.markdown(subject_table(study, report))}
+    written = []
+    for name, body in parts.items():
+        path = project / PARTS_DIR / "study" / f"{name}.md"
+        write_file(path, body.rstrip("\n") + "\n")
+        written.append(path)
+    facts = {k: str(text.md_value(v)) for k, v in asdict(preface_facts(study)).items() if not isinstance(v, bool)}
+    written.append(write_values({"study": facts}, project))
+    return written
 
 
 def prerender(config=None, project: str | Path = ".") -> str:
@@ -725,7 +713,10 @@ def prerender(config=None, project: str | Path = ".") -> str:
     pages = write_pages(study, report, project)
     write_book_metadata(study, pages, project)
     _remove_stale_pages(pages, Path(project))  # after the chapter list no longer names them
-    sync_study_freeze(study, project)
+    from .provenance import write_provenance
+
+    write_study_parts(study, report, project)  # (Quarto runs the hook in the project folder: links from there)
+    write_provenance(project)
     c = study.contrast()
     return (f"study report: {study.n_subjects} of {len(study.subjects)} subjects, {len(pages)} subject pages; group "
             f"contrast {c.name}: {c.primary.label}: {c.primary.n_pos} positive / {c.primary.n_neg} negative voxels")

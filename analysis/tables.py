@@ -9,7 +9,7 @@ import pandas as pd
 from . import text
 from .results import ContrastResult, DatasetInfo, Results
 
-__all__ = ["dataset_summary", "events", "thresholds", "clusters", "markdown", "show"]
+__all__ = ["dataset_summary", "events", "thresholds", "clusters", "markdown"]
 
 
 def markdown(df: pd.DataFrame, index: bool = False) -> str:
@@ -28,15 +28,6 @@ def markdown(df: pd.DataFrame, index: bool = False) -> str:
     if index:
         df.index = [cell(str(i)) for i in df.index]
     return df.to_markdown(index=index, tablefmt="pipe", disable_numparse=True)
-
-
-def show(df: pd.DataFrame | None, index: bool = False, missing: str = "Not computed."):
-    """Display a table in a Quarto/Jupyter cell as Markdown (not as an HTML-only widget); ``missing`` when None."""
-    from IPython.display import Markdown
-
-    if df is None:
-        return Markdown(text.md_escape(missing))
-    return Markdown(markdown(df, index=index))
 
 
 def dataset_summary(ds: DatasetInfo) -> pd.DataFrame:

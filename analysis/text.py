@@ -16,7 +16,7 @@ from pathlib import Path
 import jinja2
 
 __all__ = ["fmt_z", "fmt_p", "fmt_p_cell", "fmt_mni", "fmt_k", "fmt_mm3", "fmt_pct", "fmt_num",
-           "fmt_list", "fmt_label", "fmt_signal", "render", "environment", "Md", "md", "md_escape", "md_code",
+           "fmt_list", "fmt_label", "fmt_signal", "render", "environment", "Md", "md", "md_escape", "md_code", "md_value",
            "plain_text"]
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -28,8 +28,8 @@ TEMPLATE_DIR = Path(__file__).parent / "templates"
 # Word output): text is literal unless the package itself marked it as Markdown with ``md()``. The
 # template environment applies it to every ``{{ ... }}`` expression, so no template can forget it; the
 # number filters below return Markdown (their output is the package's own).
-# Tables (``tables.markdown``) and the title page (``metadata.to_quarto``) apply the same rule. Inline
-# ``{python} value`` expressions in chapters need nothing: Quarto writes a plain string as text.
+# Tables (``tables.markdown``), the title page (``metadata.to_quarto``) and the values the chapters show
+# (``analysis.pages``, through ``md_value``) apply the same rule.
 
 class Md(str):
     """A string of Markdown written by the package (citations, emphasis): inserted as it is."""
@@ -101,8 +101,11 @@ def md_code(text) -> Md:
     return Md(f"{fence}{pad}{text}{pad}{fence}")
 
 
-def _finalize(value):
-    """Applied by Jinja to every ``{{ ... }}``: package Markdown as is, anything else as literal text."""
+def md_value(value) -> Md:
+    """A value as Markdown: package Markdown as is, anything else (numbers, user text) as literal text.
+
+    Applied by Jinja to every ``{{ ... }}`` of the templates and to every value a chapter shows with
+    ``{{< meta r.<chapter>.<value> >}}`` (:mod:`analysis.pages`)."""
     if isinstance(value, Md):
         return value
     if isinstance(value, bool) or value is None:
@@ -123,7 +126,7 @@ def _md_filter(fn):
 
 def _join_filter(items) -> Md:
     """``join_en`` in templates: each item escaped unless it is package Markdown."""
-    return Md(fmt_list(_finalize(i) for i in items))
+    return Md(fmt_list(md_value(i) for i in items))
 
 
 def fmt_z(value: float) -> str:
@@ -240,7 +243,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=False,
         autoescape=False,
-        finalize=_finalize,  # every expression is literal text unless the package marked it md()
+        finalize=md_value,  # every expression is literal text unless the package marked it md()
     )
     env.filters.update({name: _md_filter(fn) for name, fn in dict(
         z=fmt_z, p=fmt_p, mni=fmt_mni, k=fmt_k, mm3=fmt_mm3, pct=fmt_pct, num=fmt_num).items()})

@@ -7,22 +7,22 @@ In a temporary copy of the project (sources only; the simulated dataset), each s
 - analysis, cold (``python -m analysis``, empty output folder) and cached (valid results, as a render sees them);
 - ``quarto render`` and ``fmri-report render`` (``analysis/render.py``: only what changed since its last render,
   the PDF and Word books beside the HTML), alternated A B A B, each with the CPU time of its process tree:
-  - cold: the analysis cached, no ``_freeze/``, ``_book/``, ``.quarto/`` or render stamp (as in CI);
-  - after a one-word prose edit in one chapter (plain: ``freeze: auto`` re-executes that chapter and every page is
-    rendered; ``fmri-report render``: that page alone, its frozen result patched, no kernel);
+  - cold: the analysis cached, no ``_parts/``, ``_book/``, ``.quarto/`` or render stamp (as in CI);
+  - after a one-word prose edit in one chapter (plain: every page and both print books are rendered again;
+    ``fmri-report render``: that page alone, and the print books beside it);
   - with nothing changed;
 - the pre-render hook alone (``python -m analysis --prerender``): its fast path (nothing changed since the last
   render) and its full path (results re-verified);
 - Quarto's own floor: the same book (same ``_quarto.yml``, chapters, title page, bibliography) with one line of
   text per chapter, no code and no pre-render hook, cold and after a one-word edit;
 - where the time of a prose-edit render goes, from one more render at ``--log-level debug``: pre-render, each
-  page's HTML pass (the edited chapter includes its kernel), the typst and Word book passes, the rest.
+  page's HTML pass, the typst and Word book passes, the rest.
 
 The load average is printed with each row: other processes on the 2 cores stretch every wall time (the CPU time
 less so).
 
 Targets (issue 14): cold render of the three formats <= 40 s, re-render after a prose edit <= 10 s. The number of
-Jupyter kernels each render started is printed too: one per chapter with code, whatever the number of formats.
+Jupyter kernels each render started is printed too: none, as the chapters execute no code (``analysis/pages.py``).
 Needs ``quarto`` on PATH (or in /opt/quarto/bin).
 """
 
@@ -65,8 +65,8 @@ def _floor_project(project: Path, dest: Path) -> Path:
                  "references.qmd", "_report-metadata.yml"):
         shutil.copy2(project / name, dest / name)
     quarto_yml = dest / "_quarto.yml"
-    quarto_yml.write_text(re.sub(r"(?m)^\s*pre-render:.*$", "", quarto_yml.read_text(encoding="utf-8")),
-                          encoding="utf-8")
+    text = re.sub(r"(?m)^\s*pre-render:.*$", "", quarto_yml.read_text(encoding="utf-8"))
+    quarto_yml.write_text(re.sub(r"(?m)^filters:\n(\s+- .*\n)+", "", text), encoding="utf-8")  # no values to fill in
     for qmd in [project / "index.qmd", *sorted((project / "chapters").glob("*.qmd"))]:
         head = next(line for line in qmd.read_text(encoding="utf-8").splitlines() if line.startswith("# "))
         out = dest / qmd.relative_to(project)
@@ -134,8 +134,8 @@ def _run_cpu(cmd, cwd, env) -> tuple[float, float, str]:
 
 
 def _clean_render_state(project: Path) -> None:
-    """A cold render: no frozen results, no book, no Quarto scratch, no render stamp (as in CI)."""
-    for sub in ("_freeze", "_book", ".quarto"):
+    """A cold render: no chapter parts, frozen results, book, Quarto scratch or render stamp (as in CI)."""
+    for sub in ("_parts", "_freeze", "_book", ".quarto"):
         shutil.rmtree(project / sub, ignore_errors=True)
     (project / ".render-stamp.json").unlink(missing_ok=True)
 
@@ -150,7 +150,7 @@ def _edit_one_word(project: Path, n: int) -> None:
             continue
         if in_code or "`" in line:
             continue
-        if line.strip() and not line.lstrip().startswith(("#", ":", "|", "@")) and " " in line:
+        if line.strip() and not line.lstrip().startswith(("#", ":", "|", "@", "{", "[")) and " " in line:
             lines[i] = line.replace(" ", f" word{n} ", 1)
             break
     path.write_text("".join(lines), encoding="utf-8")

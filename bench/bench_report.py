@@ -12,15 +12,9 @@ in one run and side by side (each timing in a fresh Python process, imports incl
 (b) this project's whole analysis, cold: ``analysis.run(config, force=True)`` with empty output and
     cache folders, except the simulated dataset files, generated once beforehand for both (a) and (b);
 (c) the same, warm (cache hit, as after a prose edit): ``analysis.run(config)``;
-(d) every chapter's cells executed as ``quarto render`` does, with the results cached
-    (``tests/quarto_exec.py``, ``ANALYSIS_CONFIG`` pointing at the config): Quarto's setup cell first, no
-    kernel for a file without code, and either
-    - a kept-alive kernel per chapter, as Quarto's Jupyter daemon keeps them between renders in an
-      interactive session (the default when ``quarto render`` or ``quarto preview`` runs in a terminal;
-      a kernel whose imported modules changed is restarted): the re-render a user waits for while editing,
-      timed after one first render that starts the kernels; or
-    - a fresh kernel per chapter, as in CI or with ``quarto render --no-execute-daemon``;
-(e) a re-render after a prose edit under ``freeze: auto``: the pre-render hook plus the one edited chapter.
+(d) the pre-render hook (``python -m analysis --prerender``) with the results cached: its full path, which writes
+    the title page and everything the chapters show (``analysis/pages.py``; the chapters execute no code), and its
+    fast path when nothing changed. The real ``quarto render`` is timed by ``bench/bench_render.py``.
 
 Also: peak memory of (b) and the per-step breakdown of (b) from the "analysis" logger.
 
@@ -270,7 +264,6 @@ def _fmt(xs):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeat", type=int, default=3, help="repetitions of (a), (b), (c) (medians are reported)")
-    p.add_argument("--chapter-repeat", type=int, default=2, help="repetitions of (d)")
     p.add_argument("--project", type=Path, default=ROOT, help="project folder (default: this repository)")
     p.add_argument("--profile", action="store_true", help="cProfile one extra cold run; print the hot spots")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -334,54 +327,21 @@ def main(argv=None) -> int:
     b_maxrss = _max_rss_of_child([py, "-c", COLD, str(config), str(tmp / "steps-mem.json"), "0", ""], env,
                                  project)
 
-    # (d) every chapter's cells, as quarto render runs them (tests/quarto_exec.py: Quarto's setup cell first,
-    # no kernel for a file without code)
-    sys.path.insert(0, str(project / "tests"))
-    os.environ.update({k: env[k] for k in ("PYTHONPATH", "ANALYSIS_CONFIG")})
-    from quarto_exec import KernelDaemon, book_chapters, execute_chapter, has_code  # noqa: E402
+    # (d) the pre-render hook, which writes what the chapters show (the chapters execute no code): its full path
+    # (title page, every chapter's parts and values from the cached results) and its fast path (nothing changed)
+    from analysis.prerender import stamp_file  # noqa: E402
 
-    chapters = [c for c in book_chapters(project) if c.suffix == ".qmd"]
-    n_kernels = sum(has_code(c.read_text(encoding="utf-8")) for c in chapters)
-
-    def render(daemon=None, each=None) -> float:
-        t0 = time.perf_counter()
-        for ch in chapters:
-            t = time.perf_counter()
-            execute_chapter(ch, project, daemon=daemon)  # a failing cell raises
-            if each is not None:
-                each.setdefault(ch.name, []).append(time.perf_counter() - t)
-        return time.perf_counter() - t0
-
-    d_first, d_warm, d_fresh, d_each, d_fresh_each = [], [], [], {}, {}
-    e_total, e_daemon, floor = [], [], []
+    hook = [py, "-m", "analysis", "-q", "--prerender", "--config", str(config)]
+    d_full, d_fast = [], []
     if not args.skip_chapters:
-        # (d) in a terminal: Quarto's kernel daemon keeps each chapter's kernel between renders (300 s)
-        edited = next(c for c in chapters if c.name == "03-results.qmd")
-        with KernelDaemon(project) as daemon:
-            d_first.append(render(daemon))
-            for _ in range(args.chapter_repeat):
-                d_warm.append(render(daemon, d_each))
-            # (e) in a terminal: the pre-render hook, then the edited chapter in its kept kernel
-            for _ in range(3):
-                t = time.perf_counter()
-                _timed([py, "-m", "analysis", "-q", "--prerender", "--config", str(config)], env, tmp)
-                execute_chapter(edited, project, daemon=daemon)
-                e_daemon.append(time.perf_counter() - t)
-        # (d') in CI or with --no-execute-daemon: a fresh kernel per chapter
-        for _ in range(args.chapter_repeat):
-            d_fresh.append(render(None, d_fresh_each))
-        # (e) a re-render after a prose edit with freeze: auto: the pre-render hook, then the edited chapter
-        for _ in range(3):
-            t = time.perf_counter()
-            _timed([py, "-m", "analysis", "-q", "--prerender", "--config", str(config)], env, tmp)
-            execute_chapter(edited, project)
-            e_total.append(time.perf_counter() - t)
-        empty = tmp / "empty.qmd"
-        empty.write_text("```{python}\n1\n```\n")
-        for _ in range(3):
-            t = time.perf_counter()
-            execute_chapter(empty, project)
-            floor.append(time.perf_counter() - t)
+        _timed(hook, env, tmp)  # the parts written once, so the OS file cache is warm for both
+        for _ in range(args.repeat):
+            stamp_file(config).unlink(missing_ok=True)
+            d_full.append(_timed(hook, env, tmp)[0])
+            time.sleep(2.1)  # older than the hook's racy window, so that the next call may take the fast path
+            _timed(hook, env, tmp)  # records the stamp
+            d_fast.append(_timed(hook, env, tmp)[0])
+        n_parts = len(list((tmp / "_parts").rglob("*.md")))
 
     # ------------------------------------------------------------------ report
     a, b, c = _med(a_wall), _med(b_wall), _med(c_wall)
@@ -389,20 +349,12 @@ def main(argv=None) -> int:
     print(f"  (a) seed analysis, plain nilearn ....... {_fmt(a_wall)}")
     print(f"  (b) this project, cold (force=True) .... {_fmt(b_wall)}   [run() alone {_med(b_run):.2f} s]")
     print(f"  (c) this project, warm (cache hit) ..... {_fmt(c_wall)}")
-    if d_warm:
-        print(f"  (d) all {len(chapters)} chapters ({n_kernels} with code), as quarto render runs them, warm cache:")
-        print(f"      in a terminal, re-render (Quarto's kernel daemon keeps each chapter's kernel) {_fmt(d_warm)}")
-        print(f"      in a terminal, first render (one kernel started per chapter) ......... {_fmt(d_first)}")
-        print(f"      in CI / --no-execute-daemon (a fresh kernel per chapter, every render) .. {_fmt(d_fresh)}")
-        print(f"      one empty chapter in a fresh kernel (start-up floor): {_med(floor):.2f} s "
-              f"-> {n_kernels} x floor = {n_kernels * _med(floor):.2f} s")
-        print("  (e) re-render after a prose edit, freeze: auto (pre-render hook + the edited chapter):")
-        print(f"      in a terminal (the chapter's kept kernel) ........................... {_fmt(e_daemon)}")
-        print(f"      with a fresh kernel ................................................. {_fmt(e_total)}")
+    if d_full:
+        print(f"  (d) pre-render hook, full path: title page and {n_parts} chapter parts from the cached results "
+              f"{_fmt(d_full)}")
+        print(f"      pre-render hook, fast path (nothing changed) .................................. {_fmt(d_fast)}")
     print("\nRatios (target: b/a <= 1.5, c and d < 5 s)")
     ratios = f"  b/a = {b / a:.2f}   c/a = {c / a:.2f}"
-    if d_warm:
-        ratios += f"   d/a = {_med(d_warm) / a:.2f} (daemon), {_med(d_fresh) / a:.2f} (fresh kernels)"
     print(ratios)
     print("\nPeak memory of (b) (target < 2 GB)")
     print(f"  largest single process (ru_maxrss, RUSAGE_CHILDREN) .............................. "
@@ -417,11 +369,6 @@ def main(argv=None) -> int:
     for j, name in enumerate(names):
         vals = [run[j][1] for run in b_steps if len(run) > j and run[j][0] == name]
         print(f"  {name[:60]:<60s} {_med(vals):6.2f}")
-    if d_warm:
-        print("\n(d) per chapter, median s: re-render with kept kernels | fresh kernel")
-        for name in d_each:
-            print(f"  {name:<24s} {_med(d_each[name]):5.2f} | {_med(d_fresh_each[name]):5.2f}")
-
     if args.profile:
         import pstats
 

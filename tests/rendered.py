@@ -29,8 +29,6 @@ RENDER_TIMEOUT = 600
 EXPECTED_LOG_WARNINGS = [
     # the shared Quarto build has no typst-gather helper (../shared/quarto/README.md)
     re.compile(r"WARN: typst-gather analyze failed; staging all packages as fallback"),
-    # ipykernel >= 7 says so for every kernel Quarto starts on localhost
-    re.compile(r"\[IPKernelApp\] WARNING \| Kernel is running over TCP without encryption"),
 ]
 
 

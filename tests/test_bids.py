@@ -111,13 +111,13 @@ def test_the_right_contrast_finds_the_planted_cluster(bids_results):
 
 def test_chapters_run_on_the_bids_report(bids_results):
     from conftest import PROJECT
-    from quarto_exec import book_chapters, execute_chapter
+    from book_sources import book_chapters, expand_chapter
 
     res, cfg = bids_results
     os.environ["ANALYSIS_CONFIG"] = str(cfg)
     try:
         for name in ("index.qmd", "01-data.qmd", "03-results.qmd"):
-            ch = execute_chapter(next(p for p in book_chapters(PROJECT) if p.name == name), PROJECT)
+            ch = expand_chapter(next(p for p in book_chapters(PROJECT) if p.name == name), PROJECT)
             assert all("Traceback" not in o for o in ch.outputs)
     finally:
         os.environ.pop("ANALYSIS_CONFIG")

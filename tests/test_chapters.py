@@ -1,43 +1,55 @@
-"""Every chapter's Python cells run in a fresh kernel, in order; references and citations resolve."""
+"""Every chapter as Quarto reads it after the pre-render step: every part and value it names is written, no
+chapter executes code, references and citations resolve."""
 
-import os
 
 import pytest
 
 from conftest import PROJECT
-from quarto_exec import (bib_keys, book_chapters, citations_in, execute_chapter, labels_in, refs_in,
+from book_sources import (INCLUDE_RE, bib_keys, book_chapters, citations_in, expand_chapter, labels_in, refs_in,
                          visible_text)
 
 CHAPTERS = book_chapters(PROJECT)
 
 
 @pytest.fixture(scope="module")
-def executed(sim_results, sim_config_path):
-    """All chapters executed against the session's simulated results (config via ANALYSIS_CONFIG)."""
-    old = os.environ.get("ANALYSIS_CONFIG")
-    os.environ["ANALYSIS_CONFIG"] = str(sim_config_path)
-    try:
-        return {p.name: execute_chapter(p, PROJECT) for p in CHAPTERS if p.suffix == ".qmd"}
-    finally:
-        if old is None:
-            os.environ.pop("ANALYSIS_CONFIG")
-        else:
-            os.environ["ANALYSIS_CONFIG"] = old
+def executed(sim_results):
+    """All chapters with the parts and values of the session's simulated results."""
+    return {p.name: expand_chapter(p, PROJECT, sim_results) for p in CHAPTERS if p.suffix == ".qmd"}
 
 
 def test_book_lists_existing_chapters():
     assert CHAPTERS and all(p.exists() for p in CHAPTERS)
 
 
-def test_every_chapter_executes(executed):
+def test_every_part_and_value_a_chapter_names_is_written(executed):
     assert set(executed) == {p.name for p in CHAPTERS}
     for ch in executed.values():
-        assert all("Traceback" not in o for o in ch.outputs), ch.path
-        assert all(v.strip() for v in ch.inline_values), f"{ch.path}: an inline expression printed nothing"
+        assert all(v.strip() for v in ch.inline_values), f"{ch.path}: a value is empty"
+        assert "{{<" not in ch.text.replace("{{< include", ""), f"{ch.path}: a shortcode other than include"
+
+
+def test_no_chapter_executes_code():
+    """A render starts no Jupyter kernel: no code cell and no inline expression in any chapter of any profile."""
+    import re
+
+    sources = list(PROJECT.glob("*.qmd")) + list((PROJECT / "chapters").rglob("*.qmd"))
+    assert len(sources) > 10
+    for path in sources:
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"^\s*```+\s*\{[a-z]+[ ,}]|`\{[a-z]+\}", text, re.M), f"{path}: executable code"
+
+
+def test_every_part_written_is_included_by_a_chapter(sim_results, executed):
+    """No part is written that no chapter shows (a figure or table dropped from the book by mistake)."""
+    from analysis import pages
+
+    included = {m.group(1, 2) for ch in executed.values() for m in INCLUDE_RE.finditer(ch.source)}
+    written = {(c, name) for c, parts in pages.chapter_parts(sim_results, PROJECT).items() for name in parts}
+    assert written == included
 
 
 def test_every_cross_reference_has_its_label(executed):
-    sources = "\n".join(visible_text(ch.source, "timeseries") + "\n".join(ch.outputs) for ch in executed.values())
+    sources = "\n".join(visible_text(ch.text, "timeseries") for ch in executed.values())
     labels, refs = labels_in(sources), refs_in(sources)
     assert refs, "the book should cross-reference its figures and tables"
     assert not refs - labels, f"references without a label: {sorted(refs - labels)}"

@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from analysis import metadata
+from analysis.provenance import provenance
 from conftest import PROJECT
-from quarto_exec import execute_chapter
+from book_sources import expand_chapter
 
 WORKFLOWS = PROJECT / ".github" / "workflows"
 QUARTO = yaml.safe_load((PROJECT / "_quarto.yml").read_text(encoding="utf-8"))
@@ -237,7 +238,7 @@ def test_formats_html_pdf_and_word_from_one_source():
 
 def test_appendices_follow_the_colophon():
     from conftest import PROJECT
-    from quarto_exec import book_chapters
+    from book_sources import book_chapters
 
     names = [p.name for p in book_chapters(PROJECT)]
     i = names.index("90-colophon.qmd")
@@ -260,7 +261,7 @@ def colophon(sim_results, sim_config_path):
     old = os.environ.get("ANALYSIS_CONFIG")
     os.environ["ANALYSIS_CONFIG"] = str(sim_config_path)
     try:
-        return execute_chapter(PROJECT / "chapters" / "90-colophon.qmd", PROJECT)
+        return expand_chapter(PROJECT / "chapters" / "90-colophon.qmd", PROJECT)
     finally:
         if old is None:
             os.environ.pop("ANALYSIS_CONFIG")
@@ -286,9 +287,9 @@ def test_colophon_checksums_match_the_files_on_disk(sim_results, colophon):
 
 def test_colophon_records_commit_platform_date_versions_and_config(sim_results, colophon):
     inline = "\n".join(colophon.inline_values)
-    assert re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC", inline), "render date"
+    assert re.search(r"\d{4}-\d{2}-\d{2}", inline), "render date"
     assert sim_results.cache_key[:16] in inline
-    prov = metadata.provenance(PROJECT)
+    prov = provenance(PROJECT)
     assert prov["platform"] in inline and prov["commit"].split()[0] in inline
     text = "\n".join(colophon.outputs)
     for pkg, version in sim_results.versions.items():
@@ -345,42 +346,40 @@ def test_download_links_point_at_existing_files(sim_results):
 
 # ----------------------------------------------------------------------------- HTML-only viewer
 
-def _cells_with_conditions(source: str) -> list[tuple[str, list[str]]]:
-    """Each code cell with the attribute strings of the fenced divs that enclose it."""
+def _includes_with_conditions(source: str) -> list[tuple[str, list[str]]]:
+    """Each included part (``<chapter>/<part>``) with the attribute strings of the fenced divs that enclose it."""
+    from book_sources import INCLUDE_RE
+
     stack: list[str] = []
-    cells, cell, in_code = [], None, False
+    found = []
     for line in source.splitlines():
-        if in_code:
-            if line.startswith("```"):
-                cells.append(("\n".join(cell), list(stack)))
-                in_code = False
-            else:
-                cell.append(line)
-        elif line.startswith("```{python}"):
-            in_code, cell = True, []
+        m = INCLUDE_RE.search(line)
+        if m:
+            found.append((f"{m.group(1)}/{m.group(2)}", list(stack)))
         elif re.match(r"^:{3,}\s*$", line):
             stack.pop()
         elif re.match(r"^:{3,}\s*\S", line):
             stack.append(line.lstrip(":").strip())
     assert not stack, "unbalanced fenced divs"
-    return cells
+    return found
 
 
-def test_interactive_viewer_is_html_only_and_static_figure_is_not():
-    cells = _cells_with_conditions((PROJECT / "chapters" / "91-downloads.qmd").read_text(encoding="utf-8"))
-    viewer = [(code, divs) for code, divs in cells if ".viewer\"" in code]
-    static = [(code, divs) for code, divs in cells if "report.figure(" in code and '.z")' in code]
-    assert len(viewer) == 1 and len(static) == 1
-    # the viewer is a raw HTML block in the cell's Markdown (PDF and Word drop it; Quarto adds no CDN script),
-    # the static figure a Markdown image link: one executed result serves every format (analysis/freeze.py)
-    assert "{=html}" in viewer[0][0] and "Markdown(" in viewer[0][0] and "HTML(" not in viewer[0][0]
-    viewer, static = [viewer[0][1]], [static[0][1]]
+def test_interactive_viewer_is_html_only_and_static_figure_is_not(sim_results):
+    from analysis import pages
+
+    parts = dict(_includes_with_conditions((PROJECT / "chapters" / "91-downloads.qmd").read_text(encoding="utf-8")))
+    viewer, static = parts["downloads/fig-viewer"], parts["downloads/fig-viewer-static"]
+    written = pages.chapter_parts(sim_results, PROJECT)["downloads"]
+    # the viewer is a raw HTML block (PDF and Word drop it; Quarto adds no CDN script), the static figure a
+    # Markdown image link of the unthresholded z map
+    assert written["fig-viewer"].startswith("```{=html}\n<iframe") and written["fig-viewer"].endswith("\n```")
+    assert written["fig-viewer-static"].startswith("![](") and "stat-z_statmap.png" in written["fig-viewer-static"]
     html_only = '.content-visible when-format="html"'
     not_html = '.content-visible unless-format="html"'
-    assert any(html_only in d for d in viewer[0]) and not any(not_html in d for d in viewer[0])
-    assert any(not_html in d for d in static[0]) and not any(html_only in d for d in static[0])
-    assert any("#fig-viewer" in d and "#fig-viewer-static" not in d for d in viewer[0])
-    assert any("#fig-viewer-static" in d for d in static[0])
+    assert any(html_only in d for d in viewer) and not any(not_html in d for d in viewer)
+    assert any(not_html in d for d in static) and not any(html_only in d for d in static)
+    assert any("#fig-viewer" in d and "#fig-viewer-static" not in d for d in viewer)
+    assert any("#fig-viewer-static" in d for d in static)
 
 
 def test_viewer_is_built_by_the_pipeline_for_the_main_contrast(sim_results):

@@ -81,25 +81,18 @@ def test_render_log_has_no_error_traceback_or_unexpected_warning(book):
     assert not bad, f"{book.profile} render log:\n" + "\n".join(bad)
 
 
-def test_each_chapter_is_executed_once_whatever_the_number_of_formats(book):
-    from analysis.freeze import executable_chapters
-
-    in_book = set(book.chapters())
-    executable = [str(p) for p in executable_chapters(book.project) if str(p) in in_book]
-    kernels = book.log.count("Starting python3 kernel")
-    assert kernels == len(executable), f"{kernels} kernels for {len(executable)} chapters with code, 3 formats"
+def test_the_render_executes_no_chapter(book):
+    """The chapters include what the pre-render step wrote (analysis/pages.py): no kernel, nothing frozen."""
+    assert "Starting python3 kernel" not in book.log
+    assert not (book.project / "_freeze").exists()
 
 
-def test_frozen_results_are_the_same_for_every_format(book):
-    """What makes one execution valid for all formats: no frozen result names a format-specific file."""
-    frozen = sorted((book.project / "_freeze").rglob("html.json"))
-    assert frozen
-    for path in frozen:
-        result = json.loads(path.read_text(encoding="utf-8"))["result"]
-        assert "figure-html" not in result["markdown"] and "_files/figure-" not in result["markdown"], path
-        assert not any(result.get("includes") or {}), f"{path}: HTML-only includes (CDN scripts) in a result"
-        for fmt in ("typ", "docx"):
-            assert (path.parent / f"{fmt}.json").is_symlink()
+def test_every_value_and_part_is_filled_in_every_format(book):
+    """No ``[key]{.value}`` left unfilled (analysis/values.lua) and no shortcode left in the HTML, PDF or Word."""
+    texts = {page.name: _visible_text(page) for page in book.html_pages()}
+    texts["pdf"], texts["docx"] = _pdf_text(book), _docx_text(book)
+    for name, shown in texts.items():
+        assert not re.search(r"\?(r|provenance)\.[a-z]|\{\.value\}|\{\{<|>\}\}", shown), f"{name}: unfilled value"
 
 
 # --- HTML ----------------------------------------------------------------------------------------------------

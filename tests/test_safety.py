@@ -554,10 +554,14 @@ def test_condition_names_and_report_fields_stay_literal_in_generated_text(tmp_pa
     cfg = bids_config(tmp_path / "out", root, {"c": f"'{INJECT}' - 'B {{{{< meta title >}}}}'"})
     proc = _cli("--config", str(cfg))
     assert proc.returncode == 0, proc.stderr
-    from analysis import load_results, report, tables
+    from analysis import load_results, pages
 
     res = load_results(cfg)
-    prose = report.methods(res) + report.results_text(res) + tables.markdown(tables.events(res.dataset))
+    parts, values = pages.chapter_parts(res, tmp_path), pages.chapter_values(res)
+    # everything the chapters include and cite: prose, tables (the events table too), captions' values
+    prose = "\n".join([*(b for p in parts.values() for b in p.values()),
+                        *(v for vs in values.values() for v in vs.values())])
+    assert "tbl-events" in parts["data"] and values["results"]["contrast"] == "c"
     assert INJECT not in prose and "\\<script>alert(1)\\</script>" in prose and "{{<" not in prose
 
 

@@ -128,7 +128,7 @@ def test_t_map_without_dof_and_4d_map_are_refused(tmp_path, sim_results):
 
 
 def test_statmap_profile_chapters_execute(t_map_results):
-    from quarto_exec import book_chapters, execute_chapter, labels_in, refs_in, visible_text
+    from book_sources import book_chapters, expand_chapter, labels_in, refs_in, visible_text
 
     _, _, cfg = t_map_results
     chapters = book_chapters(PROJECT, profile="statmap")
@@ -136,7 +136,7 @@ def test_statmap_profile_chapters_execute(t_map_results):
     assert "01-data.qmd" not in names and "04-calibration.qmd" not in names and "02-source.qmd" in names
     os.environ["ANALYSIS_CONFIG"] = str(cfg)
     try:
-        done = [execute_chapter(p, PROJECT) for p in chapters]
+        done = [expand_chapter(p, PROJECT) for p in chapters]
     finally:
         os.environ.pop("ANALYSIS_CONFIG")
     text = "\n".join(visible_text(ch.source, "statmap") + "\n".join(ch.outputs) for ch in done)

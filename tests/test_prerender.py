@@ -1,55 +1,21 @@
-"""Quarto's freeze is emptied whenever results or package code change, and kept otherwise."""
+"""The pre-render hook's fast path (analysis/prerender.py) and what the hook writes for the chapters."""
 
 import yaml
 
-from analysis.freeze import fingerprint, sync_freeze
 from conftest import PROJECT
 
 
-def _package(tmp_path, template="A {{ x }}."):
-    pkg = tmp_path / "pkg"
-    (pkg / "templates").mkdir(parents=True, exist_ok=True)
-    (pkg / "mod.py").write_text("X = 1\n")
-    (pkg / "templates" / "t.md.j2").write_text(template)
-    return pkg
-
-
-def _frozen(project):
-    d = project / "_freeze" / "chapters" / "03-results"
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "execute-results.json").write_text("{}")
-    return d
-
-
-def test_freeze_kept_when_nothing_changed_and_emptied_when_anything_does(tmp_path):
-    project, cache = tmp_path / "project", tmp_path / "cache"
-    pkg = _package(tmp_path)
-    assert sync_freeze("key1", project, cache, pkg)  # first render: nothing to keep
-    frozen = _frozen(project)
-    assert not sync_freeze("key1", project, cache, pkg) and frozen.exists()  # prose edit only: keep
-
-    assert sync_freeze("key2", project, cache, pkg) and not frozen.exists()  # new results: discard
-    frozen = _frozen(project)
-    _package(tmp_path, template="B {{ x }}.")  # a template edit changes the prose of every chapter
-    assert sync_freeze("key2", project, cache, pkg) and not frozen.exists()
-
-
-def test_fingerprint_covers_code_and_templates(tmp_path):
-    pkg = _package(tmp_path)
-    a = fingerprint("k", pkg)
-    (pkg / "mod.py").write_text("X = 2\n")
-    assert fingerprint("k", pkg) != a and fingerprint("k", pkg) != fingerprint("other", pkg)
-
-
-def test_project_freezes_with_the_hook_in_place():
+def test_project_runs_the_hook_and_reads_what_it_writes():
     cfg = yaml.safe_load((PROJECT / "_quarto.yml").read_text())
-    assert cfg["execute"]["freeze"] == "auto"
     assert cfg["project"]["pre-render"].strip() == "python -m analysis --prerender"
+    assert cfg["metadata-files"] == ["_report-metadata.yml", "_parts/values.yml", "_parts/provenance.yml"]
+    assert cfg["filters"] == ["analysis/values.lua"] and (PROJECT / "analysis" / "values.lua").is_file()
+    assert "freeze" not in cfg.get("execute", {})  # nothing to freeze: no chapter executes code
 
 
 def test_prerender_fast_path_only_when_nothing_it_read_changed(tmp_path, monkeypatch):
     """The pre-render stamp matches only while the args, config bytes, env and every watched stamp are the same."""
-    from analysis import freeze
+    from analysis import prerender as freeze
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(freeze, "_RACY_NS", 0)
@@ -84,7 +50,7 @@ def test_prerender_fast_path_only_when_nothing_it_read_changed(tmp_path, monkeyp
 
 
 def test_prerender_stamp_not_saved_while_files_are_fresh(tmp_path, monkeypatch):
-    from analysis import freeze
+    from analysis import prerender as freeze
 
     monkeypatch.chdir(tmp_path)
     cfg = tmp_path / "a.toml"
@@ -102,12 +68,11 @@ def test_second_prerender_skips_the_python_stack(sim_results, sim_config_path, t
     import subprocess
     import sys
 
-    driver = ("import sys; import analysis.freeze as f; f._RACY_NS = 0; from analysis.__main__ import main; "
+    driver = ("import sys; import analysis.prerender as f; f._RACY_NS = 0; from analysis.__main__ import main; "
               "rc = main(sys.argv[1:]); print('heavy' if 'pandas' in sys.modules or 'numpy' in sys.modules "
               "else 'light'); sys.exit(rc)")
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
     env.pop("ANALYSIS_CONFIG", None)
-    (tmp_path / "index.qmd").write_text("`{python} 1`\n")
     runs = [subprocess.run([sys.executable, "-c", driver, "--prerender", "--config", str(sim_config_path)],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600) for _ in range(2)]
     assert all(r.returncode == 0 for r in runs), runs[-1].stderr[-2000:]
@@ -115,8 +80,19 @@ def test_second_prerender_skips_the_python_stack(sim_results, sim_config_path, t
     assert first[-1] == "heavy" and second[-1] == "light"
     assert first[:-1] == second[:-1] and "contrast" in second[0]  # the same summary line
     assert (tmp_path / "_report-metadata.yml").exists()
-    shutil.rmtree(tmp_path / "_freeze")
+    parts = sorted((tmp_path / "_parts").rglob("*.md"))
+    assert len(parts) > 40 and (tmp_path / "_parts" / "values.yml").is_file()
+    shutil.rmtree(tmp_path / "_parts" / "results")  # a part deleted: the full path writes it again
+    (tmp_path / "_parts" / "provenance.yml").unlink()
     third = subprocess.run([sys.executable, "-c", driver, "--prerender", "--config", str(sim_config_path)],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert third.stdout.strip().endswith("light")
-    assert (tmp_path / "_freeze" / "index" / "execute-results" / "typ.json").is_symlink()  # re-made on the fast path
+    assert third.stdout.strip().endswith("heavy") and sorted((tmp_path / "_parts").rglob("*.md")) == parts
+    fourth = subprocess.run([sys.executable, "-c", driver, "--prerender", "--config", str(sim_config_path)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert fourth.stdout.strip().endswith("light")
+    (tmp_path / "_parts" / "provenance.yml").unlink()  # the fast path writes the rendering's provenance
+    fifth = subprocess.run([sys.executable, "-c", driver, "--prerender", "--config", str(sim_config_path)],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert fifth.stdout.strip().endswith("light")
+    prov = yaml.safe_load((tmp_path / "_parts" / "provenance.yml").read_text(encoding="utf-8"))["provenance"]
+    assert set(prov) == {"commit", "render_date", "quarto", "platform", "python"}
