@@ -239,7 +239,7 @@ def chapter_parts(res: Results, project: str | Path = ".") -> dict[str, dict[str
     """{chapter: {part: Markdown}} for the chapters of this kind of analysis (figure links relative to each
     chapter's folder, as the chapter includes them)."""
     project = Path(project).resolve()
-    return {name: ch.parts(res, (project / ch.source).parent) for name, ch in _chapters(res).items()}
+    return {name: ch.parts(res, project) for name, ch in _chapters(res).items()}
 
 
 def chapter_values(res: Results) -> dict[str, dict[str, str]]:

@@ -35,3 +35,38 @@ function Pandoc(doc)
     end,
   })
 end
+
+-- ::: {.part file="_parts/<chapter>/<part>.md"} ::: becomes that file's Markdown, read when the document is
+-- filtered (after the pre-render step has written it; Quarto expands {{< include >}} before that step).
+local function read_part(div)
+  if not div.classes:includes("part") then
+    return nil
+  end
+  local rel = div.attributes["file"]
+  local root = (quarto and quarto.project and quarto.project.directory) or "."
+  local fh = io.open(root .. "/" .. rel, "r")
+  if fh == nil then
+    io.stderr:write("WARNING: no part " .. rel .. " (is the pre-render step's _parts/ written?)\n")
+    return pandoc.Para(pandoc.Strong(pandoc.Inlines("?" .. rel)))
+  end
+  local text = fh:read("a")
+  fh:close()
+  -- the part's links are relative to the project; the page's are relative to its own folder
+  local offset = (quarto and quarto.project and quarto.project.offset) or "."
+  local function fix(path)
+    if path:match("^%a[%w+.-]*:") or path:match("^/") or path:match("^#") then
+      return path
+    end
+    return offset .. "/" .. path
+  end
+  return pandoc.read(text, "markdown").blocks:walk({
+    Image = function(img) img.src = fix(img.src); return img end,
+    Link = function(link) link.target = fix(link.target); return link end,
+  })
+end
+
+local values_pandoc = Pandoc
+function Pandoc(doc)
+  doc = doc:walk({ Div = read_part })
+  return values_pandoc(doc)
+end
