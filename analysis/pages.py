@@ -4,8 +4,9 @@ The chapters execute no code. A chapter holds the report's fixed prose and its s
 and table divs with their labels, cross-references, citations); what depends on the results is written by the
 pre-render hook (``python -m analysis --prerender``) before Quarto reads the chapters:
 
-- each ``{{< include /_parts/<chapter>/<part>.md >}}`` is a **part**: generated prose from the templates, a figure
-  link (relative to the chapter's folder, as Quarto inlines the file) or a Markdown table;
+- each ``::: {.part file="_parts/<chapter>/<part>.md"} :::`` is a **part**: generated prose from the templates, a
+  figure link (relative to the project; ``analysis/values.lua`` reads the file after the pre-render step and makes
+  its links relative to the page: Quarto expands ``{{< include >}}`` before that step) or a Markdown table;
 - each ``{{< meta r.<chapter>.<value> >}}`` is a **value** of ``_parts/values.yml`` (one of the project's
   ``metadata-files``, which Quarto reads again after the pre-render step), escaped as literal text unless the
   package wrote it as Markdown (:func:`analysis.text.md_value`); ``{{< meta provenance.<value> >}}`` (commit,
@@ -236,8 +237,7 @@ def chapter_names(res: Results) -> list[str]:
 
 
 def chapter_parts(res: Results, project: str | Path = ".") -> dict[str, dict[str, str]]:
-    """{chapter: {part: Markdown}} for the chapters of this kind of analysis (figure links relative to each
-    chapter's folder, as the chapter includes them)."""
+    """{chapter: {part: Markdown}} for the chapters of this kind of analysis (links relative to the project)."""
     project = Path(project).resolve()
     return {name: ch.parts(res, project) for name, ch in _chapters(res).items()}
 

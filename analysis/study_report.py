@@ -323,9 +323,10 @@ def methods_text(study) -> str:
     return "\n\n".join([first, study.methods_text(), thresholds])
 
 
-def figure(study, rel: str | None, missing: str = "Not drawn.", here: str | Path = STUDY_CHAPTERS) -> str:
+def figure(study, rel: str | None, missing: str = "Not drawn.", here: str | Path = ".") -> str:
     """A Markdown image link to a file of the study folder, relative to the folder of the page that shows it
-    (``here``: relative to the working folder, the project's in the pre-render hook)."""
+    (``here``: relative to the working folder, the project's in the pre-render hook; a chapter's part links from
+    the project, which ``analysis/values.lua`` makes relative to the page)."""
     if not rel or not study.path(rel).is_file():
         return f"*{text.md_escape(missing)}*"
     return f"![]({os.path.relpath(study.path(rel), here).replace(os.sep, '/')})"
@@ -695,7 +696,7 @@ def write_study_parts(study, report: StudyReport | None, project: str | Path = "
     project = Path(project)
     parts = {"simulated": simulated_callout(study), "keywords": single_run_report.keywords_line(),
              "methods": methods_text(study), "results": results_section(study, report),
-             "tbl-study-subjects": tables.markdown(subject_table(study, report))}
+             "tbl-study-subjects": tables.markdown(subject_table(study, report, links_from="."))}
     written = []
     for name, body in parts.items():
         path = project / PARTS_DIR / "study" / f"{name}.md"

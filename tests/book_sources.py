@@ -1,6 +1,6 @@
 """A Quarto book's chapters as Quarto reads them after the pre-render step, without Quarto.
 
-The chapters execute no code (``analysis/pages.py``): each ``{{< include /_parts/<chapter>/<part>.md >}}`` is
+The chapters execute no code (``analysis/pages.py``): each ``::: {.part file="_parts/<chapter>/<part>.md"} :::`` is
 replaced by the part the pre-render step writes for the results, and each ``[r.<chapter>.<value>]{.value}`` or
 ``[provenance.<value>]{.value}`` by its value (what ``analysis/values.lua`` does), so the tests can check the text a
 reader gets (cross-references, citations, numbers) on any results without a render. The real renders are checked
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-INCLUDE_RE = re.compile(r"\{\{<\s*include\s+/_parts/([^/\s]+)/(\S+)\.md\s*>\}\}")
+INCLUDE_RE = re.compile(r"^:::+ \{\.part file=\"_parts/([^/\"]+)/([^\"]+)\.md\"\}\n:::+ *$", re.M)
 VALUE_RE = re.compile(r"\[((?:r|provenance)(?:\.[A-Za-z0-9_-]+)+)\]\{\.value\}")
 
 

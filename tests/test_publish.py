@@ -352,10 +352,9 @@ def _includes_with_conditions(source: str) -> list[tuple[str, list[str]]]:
 
     stack: list[str] = []
     found = []
-    for line in source.splitlines():
-        m = INCLUDE_RE.search(line)
-        if m:
-            found.append((f"{m.group(1)}/{m.group(2)}", list(stack)))
+    for line in INCLUDE_RE.sub(lambda m: f"PART {m.group(1)}/{m.group(2)}", source).splitlines():
+        if line.startswith("PART "):
+            found.append((line[5:], list(stack)))
         elif re.match(r"^:{3,}\s*$", line):
             stack.pop()
         elif re.match(r"^:{3,}\s*\S", line):
