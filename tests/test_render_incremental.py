@@ -163,7 +163,7 @@ SEARCH = [{"objectID": "index.html", "href": "index.html", "text": "Plain text."
 
 @pytest.fixture
 def book(tmp_path, monkeypatch):
-    monkeypatch.setattr(render, "_hook_state", lambda: {"freeze": "fingerprint", "prerender": "stamp"})
+    monkeypatch.setattr(render, "_hook_state", lambda project: {"prerender": "stamp", "provenance": "commit"})
     root = _fake_book(tmp_path / "book")
     write_stamp(root, ["html", "typst", "docx"], source_state(root, None))
     return root
@@ -217,9 +217,9 @@ def test_plan_is_a_full_render_on_a_new_day_and_for_other_results(book, monkeypa
     monkeypatch.setattr(render.datetime, "date", Tomorrow)
     assert plan_render(book, None, ALL).kind == "full"
     monkeypatch.undo()
-    for state in ({"freeze": "other results", "prerender": "stamp"}, {"freeze": "fingerprint", "prerender": "new"},
-                  {"freeze": None, "prerender": None}):
-        monkeypatch.setattr(render, "_hook_state", lambda: state)
+    for state in ({"prerender": "stamp", "provenance": "another commit"}, {"prerender": "new", "provenance": "commit"},
+                  {"prerender": None, "provenance": None}):
+        monkeypatch.setattr(render, "_hook_state", lambda project: state)
         assert "results" in plan_render(book, None, ALL).reason
 
 
@@ -401,9 +401,9 @@ def test_a_whole_render_whose_hook_could_not_stamp_runs_it_again(book, quarto, m
     """The pre-render hook leaves no stamp for results written moments before it (a run just before the render);
     a whole render then runs it once more at the end, so the next prose edit is not a whole render again."""
     fake, log = quarto
-    none = {"freeze": "fingerprint", "prerender": None}
-    states = iter([none, none, {"freeze": "fingerprint", "prerender": "late"}])  # plan, end of render, re-run
-    monkeypatch.setattr(render, "_hook_state", lambda: next(states))
+    none = {"prerender": None, "provenance": "commit"}
+    states = iter([none, none, {"prerender": "late", "provenance": "commit"}])  # plan, end of render, re-run
+    monkeypatch.setattr(render, "_hook_state", lambda project: next(states))
     reruns = []
     monkeypatch.setattr(render, "_rerun_hook", lambda project, env, profile: reruns.append((project, profile)))
     (book / render.STAMP).unlink()
