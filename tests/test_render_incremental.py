@@ -488,7 +488,7 @@ def test_one_word_edit_renders_only_its_page_and_the_book_is_that_of_a_full_rend
 
     full = subprocess.run([quarto, "render"], cwd=ref, env=env(ref), capture_output=True, text=True, timeout=900)
     assert full.returncode == 0, (full.stdout + full.stderr)[-3000:]
-    assert (full.stdout + full.stderr).count("Starting python3 kernel") == 1  # the edited chapter
+    assert "Starting python3 kernel" not in full.stdout + full.stderr  # no chapter executes code
     ref_book = ref / "_book"
 
     def same(text: str) -> str:
