@@ -37,7 +37,8 @@ function Pandoc(doc)
 end
 
 -- ::: {.part file="_parts/<chapter>/<part>.md"} ::: becomes that file's Markdown, read when the document is
--- filtered (after the pre-render step has written it; Quarto expands {{< include >}} before that step).
+-- filtered (after the pre-render step has written it; Quarto expands {{< include >}} before that step). The filter
+-- runs at pre-ast, before Quarto reads figure and table divs, so those in a part are numbered like the chapters'.
 local function read_part(div)
   if not div.classes:includes("part") then
     return nil
@@ -51,13 +52,13 @@ local function read_part(div)
   end
   local text = fh:read("a")
   fh:close()
-  -- the part's links are relative to the project; the page's are relative to its own folder
-  local offset = (quarto and quarto.project and quarto.project.offset) or "."
+  -- the part's links are relative to the project: written from the project's root ("/figures/x.png"), which
+  -- Quarto resolves for each page (HTML: relative to the page; the PDF and Word books: to the project)
   local function fix(path)
     if path:match("^%a[%w+.-]*:") or path:match("^/") or path:match("^#") then
       return path
     end
-    return offset .. "/" .. path
+    return "/" .. path
   end
   return pandoc.read(text, "markdown").blocks:walk({
     Image = function(img) img.src = fix(img.src); return img end,

@@ -66,7 +66,7 @@ def _floor_project(project: Path, dest: Path) -> Path:
         shutil.copy2(project / name, dest / name)
     quarto_yml = dest / "_quarto.yml"
     text = re.sub(r"(?m)^\s*pre-render:.*$", "", quarto_yml.read_text(encoding="utf-8"))
-    quarto_yml.write_text(re.sub(r"(?m)^filters:\n(\s+- .*\n)+", "", text), encoding="utf-8")  # no values to fill in
+    quarto_yml.write_text(re.sub(r"(?m)^filters:\n([ \t]+.*\n)+", "", text), encoding="utf-8")  # no values to fill in
     for qmd in [project / "index.qmd", *sorted((project / "chapters").glob("*.qmd"))]:
         head = next(line for line in qmd.read_text(encoding="utf-8").splitlines() if line.startswith("# "))
         out = dest / qmd.relative_to(project)

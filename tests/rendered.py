@@ -31,6 +31,15 @@ EXPECTED_LOG_WARNINGS = [
     re.compile(r"WARN: typst-gather analyze failed; staging all packages as fallback"),
 ]
 
+# An unresolved cross-reference as Quarto shows it: ``?@fig-x`` in text (PDF, Word), ``?fig-x`` in a
+# ``quarto-unresolved-ref`` span in HTML (Quarto >= 1.4)
+UNRESOLVED_REF = re.compile(r"\?@|\?(fig|tbl|sec|eq|lst|thm|lem)-[\w-]+|quarto-unresolved-ref")
+
+
+def unresolved_references(html: str, visible: str) -> list[str]:
+    """The unresolved cross-references of an HTML page (its source and its visible text)."""
+    return [m.group(0) for text in (html, visible) for m in UNRESOLVED_REF.finditer(text)]
+
 
 def quarto_command() -> str:
     """The ``quarto`` to render with: on PATH, else the shared install; skipped (failed in CI) when neither."""

@@ -9,7 +9,7 @@ def test_project_runs_the_hook_and_reads_what_it_writes():
     cfg = yaml.safe_load((PROJECT / "_quarto.yml").read_text())
     assert cfg["project"]["pre-render"].strip() == "python -m analysis --prerender"
     assert cfg["metadata-files"] == ["_report-metadata.yml", "_parts/values.yml", "_parts/provenance.yml"]
-    assert cfg["filters"] == ["analysis/values.lua"] and (PROJECT / "analysis" / "values.lua").is_file()
+    assert cfg["filters"] == [{"path": "analysis/values.lua", "at": "pre-ast"}] and (PROJECT / "analysis" / "values.lua").is_file()
     assert "freeze" not in cfg.get("execute", {})  # nothing to freeze: no chapter executes code
 
 

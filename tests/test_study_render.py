@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-from rendered import EXPECTED_LOG_WARNINGS
+from rendered import EXPECTED_LOG_WARNINGS, UNRESOLVED_REF, unresolved_references
 
 from analysis import text
 
@@ -72,7 +72,8 @@ def test_quarto_reads_the_generated_chapter_list_one_page_per_subject(rendered_s
 def test_html_has_no_unresolved_reference(rendered_study):
     for page in rendered_study.html_pages():
         visible = _visible_text(page)
-        assert "?@" not in visible, f"{page.name}: unresolved cross-reference"
+        found = unresolved_references(page.read_text(encoding="utf-8"), visible)
+        assert not found, f"{page.name}: unresolved cross-references {found[:5]}"
         assert not re.search(r"\?\?|\[\?[a-z]", visible), f"{page.name}: unresolved citation"
 
 
@@ -146,6 +147,7 @@ def test_pdf_and_word_books_have_every_subject_and_the_headline(rendered_study):
     doc = docx.Document(str(rendered_study.book / "study-report.docx"))
     word = " ".join(p.text for p in doc.paragraphs)
     for body in (pdf, word):
+        assert not UNRESOLVED_REF.search(body), UNRESOLVED_REF.search(body).group(0)
         assert text.fmt_k(primary["n_pos"]) in body
         for sub in ("01", "02", "03", "04", "05"):
             assert f"sub-{sub}" in body
