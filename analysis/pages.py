@@ -244,7 +244,7 @@ def chapter_parts(res: Results, project: str | Path = ".") -> dict[str, dict[str
 
 
 def chapter_values(res: Results) -> dict[str, dict[str, str]]:
-    """{chapter: {value: Markdown}}: what ``{{< meta r.<chapter>.<value> >}}`` shows, each escaped as literal text
+    """{chapter: {value: Markdown}}: what ``[r.<chapter>.<value>]{.value}`` shows, each escaped as literal text
     unless the package wrote it as Markdown."""
     return {name: {k: str(text.md_value(v)) for k, v in ch.values(res).items()} for name, ch in _chapters(res).items()}
 
@@ -264,7 +264,7 @@ def write_file(path: Path, body: str) -> bool:
 
 
 def write_values(values: dict[str, dict[str, str]], project: str | Path = ".") -> Path:
-    """``_parts/values.yml``: ``r`` holds each chapter's values (Quarto's ``{{< meta r.<chapter>.<value> >}}``)."""
+    """``_parts/values.yml``: ``r`` holds each chapter's values (``[r.<chapter>.<value>]{.value}``, analysis/values.lua)."""
     import yaml
 
     path = Path(project) / VALUES_FILE

@@ -2,7 +2,7 @@
 
 Light on purpose: the pre-render hook's fast path (:func:`analysis.prerender.prerender_is_current`) writes
 ``_parts/provenance.yml`` at every render without importing numpy, pandas or nilearn. The chapters show the values
-with ``{{< meta provenance.<value> >}}`` (:mod:`analysis.pages`).
+with ``[provenance.<value>]{.value}`` (:mod:`analysis.pages`).
 """
 
 from __future__ import annotations

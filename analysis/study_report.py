@@ -620,6 +620,8 @@ def write_pages(study, report: StudyReport | None, project: str | Path = ".") ->
 
     Returns the pages, relative to ``project``, in subject order.
     """
+    from .pages import write_file
+
     project = Path(project)
     folder = project / PAGES_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -627,11 +629,7 @@ def write_pages(study, report: StudyReport | None, project: str | Path = ".") ->
     for s in study.subjects:
         rel = PAGES_DIR / f"sub-{s.subject}.md"
         body = subject_page(study, s, report, project)
-        path = project / rel
-        if not path.is_file() or path.read_text(encoding="utf-8") != body:
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(body, encoding="utf-8")
-            os.replace(tmp, path)
+        write_file(project / rel, body)
         pages.append(rel)
     return pages
 

@@ -105,7 +105,7 @@ def md_value(value) -> Md:
     """A value as Markdown: package Markdown as is, anything else (numbers, user text) as literal text.
 
     Applied by Jinja to every ``{{ ... }}`` of the templates and to every value a chapter shows with
-    ``{{< meta r.<chapter>.<value> >}}`` (:mod:`analysis.pages`)."""
+    ``[r.<chapter>.<value>]{.value}`` (:mod:`analysis.pages`)."""
     if isinstance(value, Md):
         return value
     if isinstance(value, bool) or value is None:
