@@ -31,10 +31,11 @@ from pathlib import Path
 import pandas as pd
 
 from . import checklist, metadata, report, tables, text
+from .files import write_file
 from .results import Results
 
 __all__ = ["PARTS_DIR", "VALUES_FILE", "Chapter", "CHAPTERS", "chapter_names", "chapter_parts", "chapter_values", "write_parts",
-           "write_file", "write_values", "figure_link", "table"]
+           "write_values", "figure_link", "table"]
 
 PARTS_DIR = Path("_parts")
 """The generated parts, relative to the project (gitignored; ``_`` keeps Quarto from rendering them)."""
@@ -247,20 +248,6 @@ def chapter_values(res: Results) -> dict[str, dict[str, str]]:
     """{chapter: {value: Markdown}}: what ``[r.<chapter>.<value>]{.value}`` shows, each escaped as literal text
     unless the package wrote it as Markdown."""
     return {name: {k: str(text.md_value(v)) for k, v in ch.values(res).items()} for name, ch in _chapters(res).items()}
-
-
-def write_file(path: Path, body: str) -> bool:
-    """Write ``body`` to ``path`` (through a temporary file in the same folder) unless it holds it already."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if path.read_text(encoding="utf-8") == body:
-            return False
-    except (OSError, UnicodeDecodeError):
-        pass
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    os.replace(tmp, path)
-    return True
 
 
 def write_values(values: dict[str, dict[str, str]], project: str | Path = ".") -> Path:

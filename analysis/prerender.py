@@ -15,6 +15,8 @@ import os
 import time
 from pathlib import Path
 
+from .files import write_file
+
 __all__ = ["prerender_is_current", "record_prerender", "stamp_file", "PRERENDER_STAMP"]
 
 PACKAGE_DIR = Path(__file__).parent
@@ -107,8 +109,5 @@ def record_prerender(args: list, config_file: Path | None, watched: list[Path], 
     if any(s is not None and now - max(s[3], s[4]) < _RACY_NS for p, s in state["files"].items() if p not in ours):
         stamp.unlink(missing_ok=True)
         return False
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}")
-    tmp.write_text(json.dumps({**state, "summary": summary}, indent=0) + "\n", encoding="utf-8")
-    os.replace(tmp, stamp)
+    write_file(stamp, json.dumps({**state, "summary": summary}, indent=0) + "\n")
     return True

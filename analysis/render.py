@@ -57,6 +57,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .files import write_file
+
 __all__ = ["STAMP", "Plan", "render_book", "plan_render", "patch_frozen", "signature", "book_chapters",
            "print_copy", "is_book_project", "profile_hook", "hook_of_render", "source_state", "write_stamp", "unsafe_layout", "detach_search_entries",
            "reattach_search_entries"]
@@ -470,9 +472,7 @@ def write_stamp(project: Path, formats: list[str], state: dict) -> None:
             entries[chapter] = {"md5": md5, "source": text}
     stamp = {"version": STAMP_VERSION, "formats": formats, **{k: v for k, v in state.items() if k != "chapters"},
              "outputs": _outputs(project), "chapters": entries}
-    tmp = project / f"{STAMP}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(stamp, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, project / STAMP)
+    write_file(project / STAMP, json.dumps(stamp, indent=1) + "\n")
 
 
 def remove_stamp(project: Path) -> None:
@@ -487,9 +487,7 @@ def _page_of(doc) -> str | None:
 
 
 def _write_json(path: Path, data) -> None:
-    part = path.with_name(f".{path.name}.{os.getpid()}")
-    part.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(part, path)
+    write_file(path, json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def detach_search_entries(out: Path, pages: set[str]) -> list | None:

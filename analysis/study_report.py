@@ -39,6 +39,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import serial, text
+from .files import write_file
 from .inference import ThresholdResult
 from .serial import JSON_CONFIG, Table
 
@@ -289,10 +290,7 @@ def prepare(study, n_jobs: int | None = None) -> StudyReport:
                  n_jobs=default_n_jobs() if n_jobs is None else n_jobs)
     report = StudyReport(group_key=group_key, figures=group_figures, subjects=subjects)
     path = root / REPORT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(serial.to_json(report), encoding="utf-8")
-    os.replace(tmp, path)
+    write_file(path, serial.to_json(report))
     return report
 
 
@@ -620,7 +618,6 @@ def write_pages(study, report: StudyReport | None, project: str | Path = ".") ->
 
     Returns the pages, relative to ``project``, in subject order.
     """
-    from .pages import write_file
 
     project = Path(project)
     folder = project / PAGES_DIR
@@ -689,7 +686,7 @@ def write_study_parts(study, report: StudyReport | None, project: str | Path = "
 
     from . import report as single_run_report
     from . import tables
-    from .pages import PARTS_DIR, write_file, write_values
+    from .pages import PARTS_DIR, write_values
 
     project = Path(project)
     parts = {"simulated": simulated_callout(study), "keywords": single_run_report.keywords_line(),

@@ -16,7 +16,7 @@ local function lookup(meta, key)
   return node
 end
 
-function Pandoc(doc)
+local function fill_values(doc)
   return doc:walk({
     Span = function(span)
       if not span.classes:includes("value") then
@@ -66,8 +66,40 @@ local function read_part(div)
   })
 end
 
-local values_pandoc = Pandoc
+-- Quarto's conditional content by format (::: {.content-visible when-format="html"} and the like): false when a
+-- div is dropped from this format, so the parts inside are not read for it (the HTML viewer is 0.6 MB of markup
+-- that the PDF and Word books would parse for nothing). Anything else (a profile, metadata, several conditions)
+-- is left to Quarto: true.
+local function shown_in_this_format(div)
+  local visible, hidden = div.classes:includes("content-visible"), div.classes:includes("content-hidden")
+  if not (visible or hidden) then
+    return true
+  end
+  local n = 0
+  for _ in pairs(div.attributes) do
+    n = n + 1
+  end
+  local when, unless = div.attributes["when-format"], div.attributes["unless-format"]
+  if n ~= 1 or (when == nil and unless == nil) then
+    return true
+  end
+  local match = quarto.doc.is_format(when or unless)
+  if unless ~= nil then
+    match = not match
+  end
+  return (visible and match) or (hidden and not match)
+end
+
+-- the parts first (top down, skipping what this format drops), so the values they cite are filled in with the
+-- chapters' own
 function Pandoc(doc)
-  doc = doc:walk({ Div = read_part })
-  return values_pandoc(doc)
+  return fill_values(doc:walk({
+    traverse = "topdown",
+    Div = function(div)
+      if not shown_in_this_format(div) then
+        return div, false
+      end
+      return read_part(div)
+    end,
+  }))
 end

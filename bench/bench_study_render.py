@@ -42,9 +42,9 @@ def main() -> None:
             bids = sr.simulate(base / "bids", n_subjects=n, n_runs=args.runs, broken=False)
             config = sr.write_config(project, bids)
             study_s = sr.compute(project, config, bids)
-            _, cold = sr.quarto_render(project, config, "--to", "html")
-            _, warm = sr.quarto_render(project, config, "--to", "html")
-            _, every = sr.quarto_render(project, config)
+            _, cold = sr.quarto_render(project, config, "--profile", "study", "--to", "html")
+            _, warm = sr.quarto_render(project, config, "--profile", "study", "--to", "html")
+            _, every = sr.quarto_render(project, config, "--profile", "study")
             pages = len(list((project / "_book-study" / "chapters" / "study" / "subjects").glob("*.html")))
             rows.append((n, args.runs, study_s, cold, warm, every, pages))
             print(f"{n} subjects x {args.runs} runs: study {study_s:.1f} s; quarto render --profile study --to html: "

@@ -8,6 +8,7 @@ simulated run (``data.dataset = "simulated"``, whatever the machine can fetch) t
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
@@ -41,6 +43,64 @@ def unresolved_references(html: str, visible: str) -> list[str]:
     return [m.group(0) for text in (html, visible) for m in UNRESOLVED_REF.finditer(text)]
 
 
+def squash(s: str) -> str:
+    """Whitespace (line breaks of the PDF text included) as single spaces; soft hyphens dropped."""
+    return re.sub(r"\s+", " ", s.replace("\u00ad", ""))
+
+
+def visible_text(page: Path) -> str:
+    """The text a reader sees on an HTML page (no scripts or styles, entities decoded)."""
+    body = page.read_text(encoding="utf-8")
+    body = re.sub(r"(?s)<(script|style)\b.*?</\1>", " ", body)
+    return html.unescape(re.sub(r"<[^>]+>", " ", body))
+
+
+def pdf_text(pdf: Path) -> str:
+    """The text of a PDF (``pdftotext``, pages separated by form feeds)."""
+    if not shutil.which("pdftotext"):
+        pytest.fail("pdftotext is missing (Debian package poppler-utils; .ci/run installs it)")
+    return subprocess.run(["pdftotext", "-enc", "UTF-8", str(pdf), "-"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def log_problems(log: str) -> list[str]:
+    """The lines of a render log that report an error, a traceback or a warning not in EXPECTED_LOG_WARNINGS."""
+    return [line.strip()[:200] for line in log.splitlines()
+            if re.search(r"Traceback|Error|ERROR|Exception|WARN|Warning|warning", line)
+            and not any(p.search(line) for p in EXPECTED_LOG_WARNINGS)]
+
+
+def reference_problems(pages: list[Path]) -> list[str]:
+    """Unresolved cross-references and citations on the HTML pages, one line per page that has any."""
+    problems = []
+    for page in pages:
+        visible = visible_text(page)
+        found = unresolved_references(page.read_text(encoding="utf-8"), visible)
+        if found:
+            problems.append(f"{page.name}: unresolved cross-references {found[:5]}")
+        if re.search(r"\?\?|\[\?[a-z]", visible):
+            problems.append(f"{page.name}: unresolved citation")
+    return problems
+
+
+def image_problems(pages: list[Path], min_bytes: int = 1) -> tuple[int, list[str]]:
+    """(number of local ``<img>`` on the pages, problems): an image from another host, missing, or smaller
+    than ``min_bytes``."""
+    n, problems = 0, []
+    for page in pages:
+        for src in re.findall(r"<img\b[^>]*\bsrc=\"([^\"]+)\"", page.read_text(encoding="utf-8")):
+            if src.startswith("data:"):
+                continue
+            if urlparse(src).scheme:
+                problems.append(f"{page.name}: image from another host: {src}")
+                continue
+            target = (page.parent / unquote(src.split("#")[0])).resolve()
+            if not (target.is_file() and target.stat().st_size >= min_bytes):
+                problems.append(f"{page.name}: {src} missing or smaller than {min_bytes} bytes")
+            n += 1
+    return n, problems
+
+
 def quarto_command() -> str:
     """The ``quarto`` to render with: on PATH, else the shared install; skipped (failed in CI) when neither."""
     found = shutil.which("quarto") or (shutil.which("quarto", path="/opt/quarto/bin"))
@@ -64,7 +124,7 @@ class RenderedBook:
         return self.project / "_book"
 
     def html_pages(self) -> list[Path]:
-        return sorted(p for p in self.book.rglob("*.html") if "site_libs" not in p.parts)
+        return html_pages(self.book)
 
     def pdf(self) -> Path:
         (pdf,) = self.book.glob("*.pdf")
@@ -132,19 +192,32 @@ def _config(project: Path, profile: str) -> Path:
     return path
 
 
-def render(dest: Path, profile: str = "default") -> RenderedBook:
-    """Copy the sources into ``dest`` and run ``quarto render`` there (all formats); fails on a non-zero exit."""
+def html_pages(book: Path) -> list[Path]:
+    """The HTML pages of a rendered book folder (not Quarto's ``site_libs``)."""
+    return sorted(p for p in book.rglob("*.html") if "site_libs" not in p.parts)
+
+
+def quarto_render(project: Path, config: Path, *args: str) -> tuple[str, float]:
+    """``quarto render *args`` in ``project`` with ``config`` as the analysis config: the log (also saved as
+    ``render.log``) and the wall time; fails the test on a non-zero exit, with the log's tail."""
     quarto = quarto_command()
-    project = copy_sources(dest)
-    config = _config(project, profile)
     env = {**os.environ, "ANALYSIS_CONFIG": str(config), "MPLBACKEND": "Agg",
            "PATH": f"{Path(quarto).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [quarto, "render"] + ([] if profile == "default" else ["--profile", profile])
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=RENDER_TIMEOUT)
+    proc = subprocess.run([quarto, "render", *args], cwd=project, env=env, capture_output=True, text=True,
+                          timeout=RENDER_TIMEOUT)
     seconds = time.perf_counter() - start
     log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
     (project / "render.log").write_text(log, encoding="utf-8")
     if proc.returncode != 0:
-        pytest.fail(f"quarto render {profile} exited {proc.returncode}; log tail:\n{log[-3000:]}")
+        pytest.fail(f"quarto render {' '.join(args)} exited {proc.returncode}; log tail:\n{log[-3000:]}")
+    return log, seconds
+
+
+def render(dest: Path, profile: str = "default") -> RenderedBook:
+    """Copy the sources into ``dest`` and run ``quarto render`` there (all formats); fails on a non-zero exit."""
+    quarto_command()  # skip before copying anything when Quarto is missing
+    project = copy_sources(dest)
+    config = _config(project, profile)
+    log, seconds = quarto_render(project, config, *([] if profile == "default" else ["--profile", profile]))
     return RenderedBook(profile=profile, project=project, log=log, seconds=seconds, config=config)

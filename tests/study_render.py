@@ -13,15 +13,12 @@ each run has a verdict.
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-from rendered import RENDER_TIMEOUT, copy_sources, quarto_command
+from rendered import copy_sources, html_pages, quarto_command, quarto_render
 
 STUDY_SOURCES = ["_quarto-study.yml", "index.study.qmd"]
 MOTION = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
@@ -46,7 +43,7 @@ class RenderedStudy:
         return self.project / "study"
 
     def html_pages(self) -> list[Path]:
-        return sorted(p for p in self.book.rglob("*.html") if "site_libs" not in p.parts)
+        return html_pages(self.book)
 
     def results(self) -> dict:
         import json
@@ -128,21 +125,6 @@ def compute(project: Path, config: Path, bids: Path) -> float:
     return time.perf_counter() - start
 
 
-def quarto_render(project: Path, config: Path, *args: str) -> tuple[str, float]:
-    quarto = quarto_command()
-    env = {**os.environ, "ANALYSIS_CONFIG": str(config), "MPLBACKEND": "Agg",
-           "PATH": f"{Path(quarto).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cmd = [quarto, "render", "--profile", "study", *args]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=RENDER_TIMEOUT)
-    seconds = time.perf_counter() - start
-    log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
-    (project / "render.log").write_text(log, encoding="utf-8")
-    if proc.returncode != 0:
-        pytest.fail(f"quarto render --profile study exited {proc.returncode}; log tail:\n{log[-3000:]}")
-    return log, seconds
-
-
 def render_study(tmp: Path) -> RenderedStudy:
     """Simulate, compute and render (html, typst, docx) the small study under ``tmp``."""
     quarto_command()  # skip before computing anything when Quarto is missing
@@ -150,5 +132,5 @@ def render_study(tmp: Path) -> RenderedStudy:
     bids = simulate(tmp / "bids")
     config = write_config(project, bids)
     study_seconds = compute(project, config, bids)
-    log, seconds = quarto_render(project, config)
+    log, seconds = quarto_render(project, config, "--profile", "study")
     return RenderedStudy("study", project, log, seconds, study_seconds, config)

@@ -6,6 +6,7 @@ every page go to ``tests/_screenshots/<profile>/`` (gitignored; the path is prin
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -36,19 +37,26 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module", params=["rendered_default", "rendered_statmap"])
-def site(request):
-    """(base URL, rendered book): the book's ``_book`` folder served by a local HTTP server."""
-    book = request.getfixturevalue(request.param)
-    handler = functools.partial(_QuietHandler, directory=str(book.book))
+@contextlib.contextmanager
+def served(folder: Path):
+    """The base URL of ``folder`` served over HTTP on 127.0.0.1, as GitHub Pages would serve the book."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", book
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module", params=["rendered_default", "rendered_statmap"])
+def site(request):
+    """(base URL, rendered book): the book's ``_book`` folder served by a local HTTP server."""
+    book = request.getfixturevalue(request.param)
+    with served(book.book) as base:
+        yield base, book
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +98,10 @@ def _pages(book) -> list[str]:
     return [p.relative_to(book.book).as_posix() for p in book.html_pages()]
 
 
-def test_every_page_loads_offline_without_console_errors(site, browser):
-    base, book = site
+def load_every_page(base: str, book, browser) -> list[str]:
+    """Open every HTML page of ``book`` served at ``base``, screenshot it (full page) into
+    ``tests/_screenshots/<profile>/``, and return what went wrong: images that did not load, requests to other
+    hosts, console errors."""
     out = SCREENSHOTS / book.profile
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -102,6 +112,10 @@ def test_every_page_loads_offline_without_console_errors(site, browser):
             p.page.goto(f"{base}/{rel}", wait_until="networkidle")
             p.page.screenshot(path=str(out / (rel.replace("/", "_").removesuffix(".html") + ".png")),
                               full_page=True)
+            broken = p.page.evaluate("() => [...document.images].filter(i => !i.complete || i.naturalWidth === 0)"
+                                     ".map(i => i.getAttribute('src'))")
+            if broken:
+                problems.append(f"{rel}: images that did not load: {broken}")
             if p.outside:
                 problems.append(f"{rel}: requests to other hosts: {sorted(set(p.outside))}")
             if p.errors:
@@ -109,6 +123,30 @@ def test_every_page_loads_offline_without_console_errors(site, browser):
         finally:
             p.close()
     print(f"\nscreenshots of the {book.profile} book: {out}")
+    return problems
+
+
+def search_results(base: str, browser, word: str) -> list[str]:
+    """The texts of the search box's results for ``word``, from the book's front page."""
+    p = Page(browser, base)
+    try:
+        page = p.page
+        page.goto(f"{base}/index.html", wait_until="networkidle")
+        page.locator("#quarto-search .aa-DetachedSearchButton, #quarto-search button, .aa-DetachedSearchButton"
+                     ).first.click()
+        page.locator("input.aa-Input").first.fill(word)
+        page.wait_for_selector(".aa-Item", timeout=10000)
+        items = page.locator(".aa-Item")
+        texts = [items.nth(i).inner_text() for i in range(items.count())]
+        assert not p.outside and not p.errors, (p.outside, p.errors)
+        return texts
+    finally:
+        p.close()
+
+
+def test_every_page_loads_offline_without_console_errors(site, browser):
+    base, book = site
+    problems = load_every_page(base, book, browser)
     assert not problems, "\n".join(problems)
 
 
@@ -142,22 +180,9 @@ def test_table_of_contents_and_cross_references_navigate(site, browser):
 
 
 def test_search_finds_a_word_of_the_report(site, browser):
-    base, book = site
-    p = Page(browser, base)
-    try:
-        page = p.page
-        page.goto(f"{base}/index.html", wait_until="networkidle")
-        page.locator("#quarto-search .aa-DetachedSearchButton, #quarto-search button, .aa-DetachedSearchButton"
-                     ).first.click()
-        box = page.locator("input.aa-Input").first
-        box.fill("Harvard")
-        page.wait_for_selector(".aa-Item", timeout=10000)
-        items = page.locator(".aa-Item")
-        assert items.count() >= 1
-        assert any("Harvard" in items.nth(i).inner_text() for i in range(items.count()))
-        assert not p.outside and not p.errors, (p.outside, p.errors)
-    finally:
-        p.close()
+    base, _ = site
+    found = search_results(base, browser, "Harvard")
+    assert any("Harvard" in text for text in found), found
 
 
 def _canvas_digest(frame) -> tuple[str, int]:
@@ -204,40 +229,13 @@ def test_interactive_viewer_draws_and_follows_a_click(site, browser):
 @pytest.fixture(scope="module")
 def study_site(rendered_study):
     """(base URL, rendered study book) served like :func:`site`."""
-    handler = functools.partial(_QuietHandler, directory=str(rendered_study.book))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", rendered_study
-    finally:
-        server.shutdown()
-        server.server_close()
+    with served(rendered_study.book) as base:
+        yield base, rendered_study
 
 
 def test_every_study_page_loads_offline_without_console_errors(study_site, browser):
     base, book = study_site
-    out = SCREENSHOTS / book.profile
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    problems = []
-    for rel in _pages(book):
-        p = Page(browser, base)
-        try:
-            p.page.goto(f"{base}/{rel}", wait_until="networkidle")
-            p.page.screenshot(path=str(out / (rel.replace("/", "_").removesuffix(".html") + ".png")),
-                              full_page=True)
-            broken = p.page.evaluate("() => [...document.images].filter(i => !i.complete || i.naturalWidth === 0)"
-                                     ".map(i => i.getAttribute('src'))")
-            if broken:
-                problems.append(f"{rel}: images that did not load: {broken}")
-            if p.outside:
-                problems.append(f"{rel}: requests to other hosts: {sorted(set(p.outside))}")
-            if p.errors:
-                problems.append(f"{rel}: console errors: {p.errors}")
-        finally:
-            p.close()
-    print(f"\nscreenshots of the study book: {out}")
+    problems = load_every_page(base, book, browser)
     assert not problems, "\n".join(problems)
 
 
@@ -272,19 +270,6 @@ def test_study_sidebar_subject_pages_toc_and_cross_references_navigate(study_sit
 
 
 def test_study_search_finds_a_subject_page(study_site, browser):
-    base, book = study_site
-    p = Page(browser, base)
-    try:
-        page = p.page
-        page.goto(f"{base}/index.html", wait_until="networkidle")
-        page.locator("#quarto-search .aa-DetachedSearchButton, #quarto-search button, .aa-DetachedSearchButton"
-                     ).first.click()
-        box = page.locator("input.aa-Input").first
-        box.fill("Heschl")
-        page.wait_for_selector(".aa-Item", timeout=10000)
-        items = page.locator(".aa-Item")
-        assert items.count() >= 1
-        assert any("Heschl" in items.nth(i).inner_text() for i in range(items.count()))
-        assert not p.outside and not p.errors, (p.outside, p.errors)
-    finally:
-        p.close()
+    base, _ = study_site
+    found = search_results(base, browser, "Heschl")
+    assert any("Heschl" in text for text in found), found

@@ -47,7 +47,7 @@ def _content(rgb, alpha, colorbar_fraction: float):
     """Masks of what a glass brain panel shows, colour bar cut off on the right."""
     width = rgb.shape[1]
     rgb, alpha = rgb[:, : int(width * (1 - colorbar_fraction))], alpha[:, : int(width * (1 - colorbar_fraction))]
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    r, b = rgb[..., 0], rgb[..., 2]
     opaque = alpha > 0.5
     black = opaque & (rgb.max(-1) < 0.12)
     hot = opaque & (r > 0.8) & (b < 0.5) & (r - b > 0.4)  # red-yellow: positive z
@@ -82,6 +82,29 @@ def test_threshold_panel_shows_each_threshold_without_opaque_boxes(planted_thres
                                      {"a": "some voxels", "b": "no voxel"}, tmp_path / "panel.png")
     c = _content(*_rgb(path), colorbar_fraction=0.12)
     assert c["black"] < 0.02 and c["grey"] > 2000 and c["hot"] > 100 and c["cold"] > 50
+
+
+def test_six_thresholds_fit_half_a_printed_page_with_titles_clear_of_the_brains(planted_thresholded, tmp_path):
+    """Six thresholds (the report's) in a grid: wider than tall, so the figure fits below a table on an A4 page
+    (stacked in one column it was twice as tall as wide, and the PDF left a page blank before it); each title sits
+    in the white band above its views, not over the outlines or the L/R letters."""
+    keys = list("abcdef")
+    path = maps.plot_threshold_panel({k: planted_thresholded for k in keys}, {k: f"threshold {k}" for k in keys},
+                                     {k: "338 + / 0 - voxels" for k in keys}, tmp_path / "six.png")
+    rgb, alpha = _rgb(path)
+    height, width = rgb.shape[:2]
+    assert height / width < 0.9, f"{width}x{height}: too tall for half a page"
+    c = _content(rgb, alpha, colorbar_fraction=0.12)
+    assert c["black"] < 0.02 and c["hot"] > 6 * 100 and c["cold"] > 6 * 50
+    # a title's text is dark; the brain outlines are grey: between the three rows of views there is a band of
+    # rows with dark text and no grey outline (the titles of the second and third rows)
+    opaque = alpha > 0.5
+    dark = (opaque & (rgb.max(-1) < 0.3)).any(axis=1)
+    grey = (opaque & (np.ptp(rgb, axis=-1) < 0.06) & (rgb.mean(-1) > 0.15) & (rgb.mean(-1) < 0.75))
+    outline_rows = grey[:, : int(width * 0.88)].sum(axis=1) > 0
+    title_rows = dark & ~outline_rows
+    bands = ndimage.label(title_rows)[1]
+    assert bands >= 3, f"{bands} bands of title text clear of the outlines (one above each row of views)"
 
 
 def test_the_check_catches_opaque_sub_threshold_voxels(planted_thresholded, tmp_path):

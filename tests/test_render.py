@@ -5,15 +5,11 @@ One render per profile per session (``rendered_default``, ``rendered_statmap`` i
 
 from __future__ import annotations
 
-import html
 import re
-import shutil
-import subprocess
-from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import pytest
-from rendered import EXPECTED_LOG_WARNINGS, UNRESOLVED_REF, unresolved_references
+from rendered import (UNRESOLVED_REF, image_problems, log_problems, pdf_text, reference_problems, squash,
+                      visible_text)
 
 from analysis import text
 
@@ -26,16 +22,8 @@ def book(request):
     return request.getfixturevalue(request.param)
 
 
-def _squash(s: str) -> str:
-    """Whitespace (line breaks of the PDF text included) as single spaces; soft hyphens dropped."""
-    return re.sub(r"\s+", " ", s.replace("\u00ad", ""))
-
-
 def _pdf_text(book) -> str:
-    if not shutil.which("pdftotext"):
-        pytest.fail("pdftotext is missing (Debian package poppler-utils; .ci/run installs it)")
-    return subprocess.run(["pdftotext", "-enc", "UTF-8", str(book.pdf()), "-"], capture_output=True, text=True,
-                          check=True).stdout
+    return pdf_text(book.pdf())
 
 
 def _docx_text(book) -> str:
@@ -47,12 +35,6 @@ def _docx_text(book) -> str:
         for row in table.rows:
             parts.extend(cell.text for cell in row.cells)
     return "\n".join(parts)
-
-
-def _visible_text(page: Path) -> str:
-    body = page.read_text(encoding="utf-8")
-    body = re.sub(r"(?s)<(script|style)\b.*?</\1>", " ", body)
-    return html.unescape(re.sub(r"<[^>]+>", " ", body))
 
 
 def _headlines(book) -> list[str]:
@@ -72,11 +54,7 @@ def _headlines(book) -> list[str]:
 # --- the render log ------------------------------------------------------------------------------------------
 
 def test_render_log_has_no_error_traceback_or_unexpected_warning(book):
-    bad = []
-    for line in book.log.splitlines():
-        if re.search(r"Traceback|Error|ERROR|Exception|WARN|Warning|warning", line):
-            if not any(p.search(line) for p in EXPECTED_LOG_WARNINGS):
-                bad.append(line.strip()[:200])
+    bad = log_problems(book.log)
     assert not bad, f"{book.profile} render log:\n" + "\n".join(bad)
 
 
@@ -88,7 +66,7 @@ def test_the_render_executes_no_chapter(book):
 
 def test_every_value_and_part_is_filled_in_every_format(book):
     """No ``[key]{.value}`` left unfilled (analysis/values.lua) and no shortcode left in the HTML, PDF or Word."""
-    texts = {page.name: _visible_text(page) for page in book.html_pages()}
+    texts = {page.name: visible_text(page) for page in book.html_pages()}
     texts["pdf"], texts["docx"] = _pdf_text(book), _docx_text(book)
     for name, shown in texts.items():
         assert not re.search(r"\?(r|provenance)\.[a-z]|\{\.value\}|\{\{<|>\}\}", shown), f"{name}: unfilled value"
@@ -97,23 +75,13 @@ def test_every_value_and_part_is_filled_in_every_format(book):
 # --- HTML ----------------------------------------------------------------------------------------------------
 
 def test_html_has_no_unresolved_reference(book):
-    for page in book.html_pages():
-        visible = _visible_text(page)
-        found = unresolved_references(page.read_text(encoding="utf-8"), visible)
-        assert not found, f"{page.name}: unresolved cross-references {found[:5]}"
-        assert not re.search(r"\?\?|\[\?[a-z]", visible), f"{page.name}: unresolved citation"
+    problems = reference_problems(book.html_pages())
+    assert not problems, "\n".join(problems)
 
 
 def test_every_image_exists_and_is_not_empty(book):
-    n = 0
-    for page in book.html_pages():
-        for src in re.findall(r"<img\b[^>]*\bsrc=\"([^\"]+)\"", page.read_text(encoding="utf-8")):
-            if src.startswith("data:"):
-                continue
-            assert not urlparse(src).scheme, f"{page.name}: image from another host: {src}"
-            target = (page.parent / unquote(src.split("#")[0])).resolve()
-            assert target.is_file() and target.stat().st_size > 0, f"{page.name}: {src} missing or empty"
-            n += 1
+    n, problems = image_problems(book.html_pages())
+    assert not problems, "\n".join(problems)
     assert n >= 3
 
 
@@ -130,7 +98,7 @@ def test_html_loads_nothing_from_another_host(book):
 
 
 def test_headline_numbers_are_in_the_html(book):
-    pages = " ".join(_squash(_visible_text(p)) for p in book.html_pages())
+    pages = " ".join(squash(visible_text(p)) for p in book.html_pages())
     for value in _headlines(book):
         assert value in pages, f"{book.profile}: {value!r} not in the HTML"
 
@@ -157,16 +125,16 @@ def test_keywords_only_on_the_home_page(book):
     for page in book.html_pages():
         body = page.read_text(encoding="utf-8")
         if page.name == "index.html" and page.parent == book.book:
-            assert "Keywords:" in _visible_text(page)
+            assert "Keywords:" in visible_text(page)
         else:
-            assert 'class="keywords"' not in body and "Keywords" not in _visible_text(page), page.name
+            assert 'class="keywords"' not in body and "Keywords" not in visible_text(page), page.name
 
 
 # --- PDF (typst) and Word --------------------------------------------------------------------------------------
 
 def test_pdf_has_numbers_resolved_references_and_one_bibliography(book):
     pdf = _pdf_text(book)
-    flat = _squash(pdf)
+    flat = squash(pdf)
     assert not UNRESOLVED_REF.search(flat) and "??" not in flat
     for value in _headlines(book):
         assert value in flat, f"{book.profile}: {value!r} not in the PDF text"
@@ -177,7 +145,7 @@ def test_pdf_has_numbers_resolved_references_and_one_bibliography(book):
 
 
 def test_every_figure_and_table_the_pdf_cites_exists(book):
-    flat = _squash(_pdf_text(book))
+    flat = squash(_pdf_text(book))
     cited = set(re.findall(r"\b(Figure|Table) (\d+\.\d+)\b", flat))
     captions = set(re.findall(r"\b(Figure|Table) (\d+\.\d+):", flat))
     assert captions, "no numbered captions in the PDF"
@@ -188,7 +156,7 @@ def test_every_figure_and_table_the_pdf_cites_exists(book):
 def test_docx_has_the_headline_numbers_and_every_figure(book):
     import docx
 
-    body = _squash(_docx_text(book))
+    body = squash(_docx_text(book))
     assert not UNRESOLVED_REF.search(body)
     for value in _headlines(book):
         assert value in body, f"{book.profile}: {value!r} not in the DOCX"

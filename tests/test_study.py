@@ -21,7 +21,6 @@ would, and the first two would be unrealistic for 3 T BOLD. At 8 subjects (the b
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from pathlib import Path
 

@@ -5,23 +5,18 @@ in the text. One render per session (``rendered_study`` in conftest.py, tests/st
 
 from __future__ import annotations
 
-import html
 import re
-import shutil
-import subprocess
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
-import pytest
-from rendered import EXPECTED_LOG_WARNINGS, UNRESOLVED_REF, unresolved_references
+from rendered import (UNRESOLVED_REF, image_problems, log_problems, pdf_text, reference_problems, squash,
+                      visible_text)
 
 from analysis import text
 
 
 def _visible_text(page: Path) -> str:
-    body = page.read_text(encoding="utf-8")
-    body = re.sub(r"(?s)<(script|style)\b.*?</\1>", " ", body)
-    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", body)))
+    return squash(visible_text(page))
 
 
 def _page(study, rel: str) -> str:
@@ -37,9 +32,7 @@ def _rows(table: dict) -> list[dict]:
 
 
 def test_render_log_has_no_error_traceback_or_unexpected_warning(rendered_study):
-    bad = [line.strip()[:200] for line in rendered_study.log.splitlines()
-           if re.search(r"Traceback|Error|ERROR|Exception|WARN|Warning|warning", line)
-           and not any(p.search(line) for p in EXPECTED_LOG_WARNINGS)]
+    bad = log_problems(rendered_study.log)
     assert not bad, "study render log:\n" + "\n".join(bad)
     print(f"\nstudy of 5 x 2 computed in {rendered_study.study_seconds:.1f} s, rendered (html, typst, docx) in "
           f"{rendered_study.seconds:.1f} s")
@@ -70,23 +63,13 @@ def test_quarto_reads_the_generated_chapter_list_one_page_per_subject(rendered_s
 
 
 def test_html_has_no_unresolved_reference(rendered_study):
-    for page in rendered_study.html_pages():
-        visible = _visible_text(page)
-        found = unresolved_references(page.read_text(encoding="utf-8"), visible)
-        assert not found, f"{page.name}: unresolved cross-references {found[:5]}"
-        assert not re.search(r"\?\?|\[\?[a-z]", visible), f"{page.name}: unresolved citation"
+    problems = reference_problems(rendered_study.html_pages())
+    assert not problems, "\n".join(problems)
 
 
 def test_every_image_exists_and_is_not_empty(rendered_study):
-    n = 0
-    for page in rendered_study.html_pages():
-        for src in re.findall(r"<img\b[^>]*\bsrc=\"([^\"]+)\"", page.read_text(encoding="utf-8")):
-            if src.startswith("data:"):
-                continue
-            assert not urlparse(src).scheme, f"{page.name}: image from another host: {src}"
-            target = (page.parent / unquote(src)).resolve()
-            assert target.is_file() and target.stat().st_size > 1000, f"{page.name}: {src}"
-            n += 1
+    n, problems = image_problems(rendered_study.html_pages(), min_bytes=1000)
+    assert not problems, "\n".join(problems)
     assert n >= 3 + 4  # the group figures and one map per subject in the group
 
 
@@ -131,19 +114,12 @@ def test_subject_pages_explain_exclusions_and_link_their_downloads(rendered_stud
         assert (page.parent / unquote(href)).resolve().is_file(), href  # copied into the site
 
 
-def _pdf_text(study) -> str:
-    if not shutil.which("pdftotext"):
-        pytest.fail("pdftotext is missing (Debian package poppler-utils; .ci/run installs it)")
-    return subprocess.run(["pdftotext", "-enc", "UTF-8", str(study.book / "study-report.pdf"), "-"],
-                          capture_output=True, text=True, check=True).stdout
-
-
 def test_pdf_and_word_books_have_every_subject_and_the_headline(rendered_study):
     import docx
 
     c = _contrast(rendered_study)
     primary = next(t for t in c["thresholds"] if t["spec"]["key"] == c["primary_key"])
-    pdf = re.sub(r"\s+", " ", _pdf_text(rendered_study).replace("\u00ad", ""))
+    pdf = squash(pdf_text(rendered_study.book / "study-report.pdf"))
     doc = docx.Document(str(rendered_study.book / "study-report.docx"))
     word = " ".join(p.text for p in doc.paragraphs)
     for body in (pdf, word):

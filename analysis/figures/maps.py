@@ -81,16 +81,30 @@ def plot_glass(thresholded_img, out_file, *, title: str = "", threshold: float |
 
 
 def plot_threshold_panel(thresholded: dict[str, object], labels: dict[str, str], counts: dict[str, str],
-                         out_file) -> Path:
-    """One glass brain per threshold (sagittal and axial views), stacked, titled with label and counts."""
+                         out_file, *, columns: int = 2) -> Path:
+    """One glass brain per threshold (sagittal and axial views) in a grid of ``columns``, one colour bar for all.
+
+    Each threshold's label and counts are the title above its views, outside the brain, so that no outline, L/R
+    letter or colour-bar tick is covered; every view has the same colour scale (the largest |z| of the maps), so
+    one colour bar serves them all, and the grid keeps six thresholds on about half a printed page.
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     n = len(thresholded)
-    fig, axes = plt.subplots(n, 1, figsize=(8.5, 2.8 * n))
+    cols = max(1, min(columns, n))
+    rows = math.ceil(n / cols)
+    fig = plt.figure(figsize=(4.3 * cols + 0.7, 2.45 * rows))
+    grid = fig.add_gridspec(rows, cols + 1, width_ratios=[1.0] * cols + [0.035], hspace=0.5, wspace=0.06)
     vmax = max([float(np.abs(np.asarray(img.dataobj)).max()) for img in thresholded.values()] + [1.0])
-    for ax, (key, img) in zip(np.atleast_1d(axes), thresholded.items()):
+    for i, (key, img) in enumerate(thresholded.items()):
+        ax = fig.add_subplot(grid[i // cols, i % cols])
+        ax.set_title(f"{labels[key]}\n{counts[key]}", fontsize=10, loc="left")
         with glass_brain_outlines():
-            plotting.plot_glass_brain(img, axes=ax, display_mode="xz", colorbar=True, plot_abs=False,
-                                      cmap="cold_hot", symmetric_cbar=True, vmax=vmax, threshold=1e-6,
-                                      title=f"{labels[key]}: {counts[key]}")
+            plotting.plot_glass_brain(img, axes=ax, display_mode="xz", colorbar=False, plot_abs=False,
+                                      cmap="cold_hot", symmetric_cbar=True, vmax=vmax, threshold=1e-6)
+    cax = fig.add_subplot(grid[:, cols])
+    fig.colorbar(ScalarMappable(Normalize(-vmax, vmax), cmap="cold_hot"), cax=cax, label="z")
     return save_figure(fig, out_file)
 
 
