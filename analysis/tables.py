@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
 
@@ -27,7 +28,32 @@ def markdown(df: pd.DataFrame, index: bool = False) -> str:
     df.columns = [cell(str(c)) for c in df.columns]
     if index:
         df.index = [cell(str(i)) for i in df.index]
-    return df.to_markdown(index=index, tablefmt="pipe", disable_numparse=True)
+    body = df.to_markdown(index=index, tablefmt="pipe", disable_numparse=True)
+    lines = body.split("\n")
+    columns = ([df.index.name or ""] if index else []) + list(df.columns)
+    cells = [list(map(str, df.index))] if index else []
+    cells += [list(map(str, df[c])) for c in df.columns]
+    lines[1] = "|" + "|".join(":" + "-" * (_width(h, col) - 1) for h, col in zip(columns, cells)) + "|"
+    return "\n".join(lines)
+
+
+def _width(header: str, cells: list[str], wrap_at: int = 18) -> int:
+    """A column's share of a wide table, in characters, written as the dash count of its separator row (where a
+    table keeps its widths, ``tbl-colwidths="true"``: the cluster tables in the PDF and Word).
+
+    The longest unbreakable piece of the column (a word, or the part of one after a hyphen, of the header or of a
+    cell) must fit; beyond that a column of long text gets at most ``wrap_at`` characters and wraps, so that the
+    short numeric columns are not squeezed by a long label.
+    """
+    def shown(s: str) -> str:  # the text as printed; an escaped space is a no-break space
+        return re.sub(r"\\(.)", r"\1", s.replace("\\ ", "\u00a0"))
+
+    def longest_piece(s: str) -> int:
+        return max((len(w) for w in re.split(r"(?<=-)|[ \t]+", shown(s)) if w), default=0)
+
+    unbreakable = max([3, longest_piece(header), *(longest_piece(c) for c in cells)])
+    longest = max([0, *(len(shown(c)) for c in cells)])
+    return max(unbreakable, min(longest, wrap_at)) + 3  # and the cell's padding
 
 
 def dataset_summary(ds: DatasetInfo) -> pd.DataFrame:
@@ -76,13 +102,12 @@ def clusters(c: ContrastResult, sign: str | None = None, max_rows: int | None = 
     if sign is not None:
         t = t[t["Sign"] == ("+" if sign == "+" else "\u2212")]
     if t.empty:
-        return pd.DataFrame([{"Cluster": "\u2014", "Peak (x, y, z) mm": "no voxel survived " + c.primary.label,
-                              "z": "", "p (voxel, uncorrected)": "", "Size (voxels)": "", "Size (mm\u00b3)": ""}])
+        return pd.DataFrame([{"Cluster": "\u2014", "Result": "no voxel survived " + c.primary.label}])
     out = pd.DataFrame({
         "Cluster": t["Cluster ID"].astype(str).map(lambda s: s if s.isdigit() else f"\u2003{s}"),
-        "Peak (x, y, z) mm": [text.fmt_mni(xyz).replace(" mm", "") for xyz in t[["X", "Y", "Z"]].to_numpy()],
+        "Peak (x, y, z) mm": [_coordinates(xyz) for xyz in t[["X", "Y", "Z"]].to_numpy()],
         "z": t["Peak Stat"].map(text.fmt_z),
-        "p (voxel, uncorrected)": t["Peak p"].map(text.fmt_p_cell),
+        "Peak p(unc)": t["Peak p"].map(text.fmt_p_cell),  # SPM's name: the peak voxel's uncorrected p
         # SPM's random-field and FDR columns ("n/a" when random-field inference was not available)
         "Peak p(FWE)": _p_column(t, "Peak p(FWE)"),
         "Peak q(FDR)": _p_column(t, "Peak q(FDR)"),
@@ -102,6 +127,12 @@ def clusters(c: ContrastResult, sign: str | None = None, max_rows: int | None = 
     if max_rows is not None:
         out = out.head(max_rows)
     return out.reset_index(drop=True)
+
+
+def _coordinates(xyz) -> text.Md:
+    """``(x, y, z)`` in whole millimetres for a table cell, the spaces non-breaking (Markdown's escaped space),
+    so that a coordinate never wraps across lines in the PDF and Word tables."""
+    return text.md(text.fmt_mni(xyz).replace(" mm", "").replace(" ", "\\ "))
 
 
 def _p_column(t: pd.DataFrame, column: str) -> list[str]:
@@ -200,7 +231,7 @@ def dmn_nodes(d, only_significant: bool = False) -> pd.DataFrame:
     dist = t["Label distance (mm)"] if "Label distance (mm)" in t.columns else [None] * len(t)
     cis = [text.fmt_signal([a, b]) for a, b in zip(t["CI Low"], t["CI High"])]
     return pd.DataFrame({
-        "Node": t["ROI"], "Peak (x, y, z) mm": [text.fmt_mni(v).replace(" mm", "") for v in t[["X", "Y", "Z"]].to_numpy()],
+        "Node": t["ROI"], "Peak (x, y, z) mm": [_coordinates(v) for v in t[["X", "Y", "Z"]].to_numpy()],
         "Label": [text.fmt_label(lab, dd) for lab, dd in zip(t["Label"], dist)],
         "Effect (%)": t["Effect"].map(lambda v: text.fmt_num(v, 2)),
         "95 % CI": [f"{a} to {b}" for a, b in cis],

@@ -43,8 +43,10 @@ def test_the_largest_clusters_are_the_ones_listed_and_negative_clusters_are_repo
 
 
 def test_cluster_table_p_column_says_uncorrected():
+    """The peak's p value is named as SPM names it, beside the corrected ones: p(unc), p(FWE), q(FDR)."""
     c = _contrast([(9.0, 85, "A")])
-    assert "p (voxel, uncorrected)" in tables.clusters(c, "+").columns
+    columns = list(tables.clusters(c, "+").columns)
+    assert "Peak p(unc)" in columns and columns.index("Peak p(unc)") < columns.index("Peak p(FWE)")
 
 
 def test_nothing_survives_wording_has_no_nested_undefined():
@@ -79,3 +81,20 @@ def test_dmn_prose_without_the_schaefer_atlas_does_not_count_zero_parcels(sim_re
     assert "0 Default parcels" not in prose and "three ways" not in prose
     assert "We defined it in two ways" in prose and "could not be loaded in this run" in prose
     assert "We defined it in three ways" in report.dmn_text(sim_results)
+
+
+def test_cluster_table_widths_keep_coordinates_whole_and_cap_long_labels():
+    """The printed cluster table (tbl-colwidths="true" in chapters/03-results.qmd) takes its column widths from the
+    separator row: a coordinate is one unbreakable piece, so its column is at least as wide as the longest one;
+    a long label wraps in a column of at most 18 characters (plus padding) instead of squeezing the numbers."""
+    label = "Left Superior Temporal Gyrus, posterior division (includes a long note)"
+    c = _contrast([(9.0, 85, label), (-6.0, 40, "B")])
+    shown = tables.clusters(c)
+    md = tables.markdown(shown)
+    header, separator = md.splitlines()[:2]
+    names = [h.strip() for h in header.strip("|").split("|")]
+    widths = dict(zip(names, (len(cell) for cell in separator.strip("|").split("|"))))
+    assert "(10,\\ 0,\\ 0)" in md  # no-break spaces: a coordinate never wraps
+    assert widths["Peak (x, y, z) mm"] >= len("(10, 0, 0)") + 2
+    assert widths["Harvard-Oxford label"] <= 18 + 3 < len(label)
+    assert widths["z"] < widths["Peak (x, y, z) mm"]
