@@ -21,7 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import DATASETS, ConfigError, read_config_file, validate_config
+from .configfile import DATASETS
 
 COMMANDS = ("run", "check", "redraw", "render", "study")
 STUDY_DATASETS = ("simulated-study",)  # --dataset values that run a whole study (analysis.study)
@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             print(summary)
             return _render(quarto, args.config, extra)
 
+    from .config import ConfigError, read_config_file, validate_config
     from .pipeline import main_logging
 
     if not args.quiet:
@@ -277,7 +278,7 @@ def _unchanged_since_last_prerender(args) -> str | None:
     """The pre-render hook's fast path (``analysis.prerender.prerender_is_current``): imports nothing heavy."""
     from pathlib import Path
 
-    from .config import config_path
+    from .configfile import config_path
     from .prerender import prerender_is_current
     from .provenance import write_provenance
 
@@ -302,7 +303,7 @@ def _save_prerender_stamp(args, config, results, summary: str) -> None:
     from pathlib import Path
 
     from . import outputs
-    from .config import config_path
+    from .configfile import config_path
     from .data import nilearn_data_dir
     from .prerender import record_prerender
     from .metadata import METADATA_FILE

@@ -16,9 +16,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import os
 import re
-import tomllib
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,15 +26,16 @@ import annotated_types
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StrictStr, ValidationError, ValidationInfo,
                       field_validator, model_validator)
 
+from .configfile import (DATASETS, DEFAULT_CACHE_DIR, DEFAULT_CONFIG_PATH, DEFAULT_OUTPUT_DIR, config_path,
+                         read_toml)
+
 __all__ = ["config_path", "read_toml", "read_config_file", "validate_config", "describe_validation_error",
            "ConfigError", "DataConfig", "BIDSConfig", "StatMapConfig", "GLMConfig", "InferenceConfig", "OutputConfig",
            "SimulationConfig", "CalibrationConfig", "DMNConfig", "PreprocessingConfig", "StudyConfig", "Config",
            "load_config",
            "DEFAULT_CONFIG_PATH", "DATASETS", "SEITZMAN_NETWORKS"]
 
-DEFAULT_CONFIG_PATH = Path("analysis.toml")
-
-Dataset = Literal["spm_auditory", "simulated", "bids", "statmap"]
+Dataset = Literal[DATASETS]
 HRFModel = Literal["spm", "spm + derivative", "spm + derivative + dispersion", "glover",
                    "glover + derivative", "glover + derivative + dispersion"]
 DriftModel = Literal["cosine", "polynomial", "none"]
@@ -52,7 +51,6 @@ SEITZMAN_NETWORKS = ("Auditory", "CinguloOpercular", "DefaultMode", "DorsalAtten
 ControlNetwork = Literal[("auto", "none") + tuple(n for n in SEITZMAN_NETWORKS if n != "DefaultMode")]
 ReferenceModel = Literal[typing.get_args(NoiseModelName) + ("",)]  # "" = no reference calibration
 
-DATASETS = typing.get_args(Dataset)
 HRF_MODELS = typing.get_args(HRFModel)
 DRIFT_MODELS = typing.get_args(DriftModel)
 PRIMARY_THRESHOLDS = typing.get_args(PrimaryThreshold)
@@ -229,8 +227,8 @@ class DMNConfig(Section):
 class OutputConfig(Section):
     """Where generated files go (relative paths are relative to the project folder)."""
 
-    dir: str = "."
-    cache_dir: str = ".cache"
+    dir: str = DEFAULT_OUTPUT_DIR
+    cache_dir: str = DEFAULT_CACHE_DIR
     figures: bool = True  # draw the report's figures (a study's runs leave them to the study report)
 
 
@@ -411,25 +409,6 @@ class Config(Section):
             else:
                 d[key] = value
         return validate_config(d, source=self.source or "config")
-
-
-def config_path(path: str | Path | None = None) -> Path | None:
-    """The config file to read: ``path``, else ``$ANALYSIS_CONFIG``, else ``analysis.toml`` if it exists."""
-    if path is None and os.environ.get("ANALYSIS_CONFIG"):
-        path = os.environ["ANALYSIS_CONFIG"]
-    if path is None:
-        return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
-    return Path(path)
-
-
-def read_toml(path: Path, error: type[Exception] = ValueError) -> dict[str, Any]:
-    """Parse a TOML file; a missing file or bad syntax raises ``error`` with a one-line message."""
-    if not path.exists():
-        raise error(f"{path}: config file not found; pass an existing TOML file or omit it for the defaults")
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise error(f"{path}: not valid TOML ({exc}); fix the syntax") from None
 
 
 def read_config_file(path: str | Path | None = None,

@@ -44,12 +44,11 @@ def _file_stamp(path: str | Path) -> list[int] | None:
 def stamp_file(config_file: Path | None) -> Path:
     """Where the stamp lives: the cache folder named by the config's ``[output]`` table (read without validating
     the rest, so nothing heavy is imported; a config it cannot read sends the hook down the full path)."""
-    from .config import OutputConfig, read_toml
+    from .configfile import DEFAULT_CACHE_DIR, DEFAULT_OUTPUT_DIR, read_toml
 
     table = read_toml(config_file).get("output", {}) if config_file else {}
-    defaults = OutputConfig()
-    out = Path(table.get("dir", defaults.dir))
-    cache = Path(table.get("cache_dir", defaults.cache_dir))
+    out = Path(table.get("dir", DEFAULT_OUTPUT_DIR))
+    cache = Path(table.get("cache_dir", DEFAULT_CACHE_DIR))
     return (cache if cache.is_absolute() else out / cache).resolve() / PRERENDER_STAMP
 
 

@@ -288,7 +288,7 @@ def _hook_state(project: Path) -> dict[str, str | None]:
     rendering's provenance (commit, day), which the colophon shows."""
     found: dict[str, str | None] = {"prerender": None, "provenance": None}
     try:
-        from .config import config_path
+        from .configfile import config_path
         from .prerender import stamp_file
         from .provenance import provenance
 

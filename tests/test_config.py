@@ -202,14 +202,16 @@ def test_literal_choices_match_the_modules_that_implement_them():
 
 
 def test_config_and_report_come_from_one_parse(tmp_path, monkeypatch):
+    import tomllib
+
     from analysis import config as config_module
     from analysis import metadata
 
     p = tmp_path / "c.toml"
     p.write_text('[glm]\nt_r = 2\n[report]\ntitle = "T"\n[[report.authors]]\nname = "A"\n')
     calls = []
-    real = config_module.tomllib.loads
-    monkeypatch.setattr(config_module.tomllib, "loads", lambda text: calls.append(1) or real(text))
+    real = tomllib.loads
+    monkeypatch.setattr(tomllib, "loads", lambda text: calls.append(1) or real(text))
     data, source = config_module.read_config_file(p)
     cfg, meta = config_module.validate_config(data, source), metadata.validate_report(data, source)
     assert len(calls) == 1 and cfg.glm.t_r == 2.0 and meta.title == "T" and meta.source == str(p)

@@ -62,15 +62,16 @@ def test_prerender_stamp_not_saved_while_files_are_fresh(tmp_path, monkeypatch):
 
 
 def test_second_prerender_skips_the_python_stack(sim_results, sim_config_path, tmp_path):
-    """After a complete pre-render with nothing changed, the hook imports neither numpy nor pandas."""
+    """After a complete pre-render with nothing changed, the hook imports neither numpy nor pandas, nor the
+    pydantic models of the config (analysis.configfile finds the config file without them)."""
     import os
     import shutil
     import subprocess
     import sys
 
     driver = ("import sys; import analysis.prerender as f; f._RACY_NS = 0; from analysis.__main__ import main; "
-              "rc = main(sys.argv[1:]); print('heavy' if 'pandas' in sys.modules or 'numpy' in sys.modules "
-              "else 'light'); sys.exit(rc)")
+              "rc = main(sys.argv[1:]); heavy = ('pandas', 'numpy', 'pydantic', 'analysis.config'); "
+              "print('heavy' if any(m in sys.modules for m in heavy) else 'light'); sys.exit(rc)")
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
     env.pop("ANALYSIS_CONFIG", None)
     runs = [subprocess.run([sys.executable, "-c", driver, "--prerender", "--config", str(sim_config_path)],
