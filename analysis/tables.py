@@ -90,7 +90,7 @@ def thresholds(c: ContrastResult) -> pd.DataFrame:
     rows = []
     for t in c.thresholds:
         rows.append({"Threshold": t.label + (" (primary)" if t.key == c.primary_key else ""),
-                     "z cut-off": t.threshold_text,
+                     "z cut-off": _unbroken(t.threshold_text) if t.threshold_text.startswith("|z|") else t.threshold_text,
                      "Voxels +": f"{t.n_pos:,}", "Clusters +": f"{t.n_pos_clusters:,}",
                      "Voxels \u2212": f"{t.n_neg:,}", "Clusters \u2212": f"{t.n_neg_clusters:,}"})
     return pd.DataFrame(rows)
@@ -129,10 +129,15 @@ def clusters(c: ContrastResult, sign: str | None = None, max_rows: int | None = 
     return out.reset_index(drop=True)
 
 
+def _unbroken(value: str) -> text.Md:
+    """A short value for a table cell (``|z| > 3.29``, a coordinate) with its spaces non-breaking (Markdown's
+    escaped space), so that it never wraps across lines in a narrow column."""
+    return text.md(text.md_escape(value).replace(" ", "\\ "))
+
+
 def _coordinates(xyz) -> text.Md:
-    """``(x, y, z)`` in whole millimetres for a table cell, the spaces non-breaking (Markdown's escaped space),
-    so that a coordinate never wraps across lines in the PDF and Word tables."""
-    return text.md(text.fmt_mni(xyz).replace(" mm", "").replace(" ", "\\ "))
+    """``(x, y, z)`` in whole millimetres for a table cell, never wrapped (:func:`_unbroken`)."""
+    return _unbroken(text.fmt_mni(xyz).replace(" mm", ""))
 
 
 def _p_column(t: pd.DataFrame, column: str) -> list[str]:
