@@ -63,6 +63,28 @@ def pdf_text(pdf: Path) -> str:
                           check=True).stdout
 
 
+def pdf_overflow(pdf: Path) -> list[str]:
+    """Text printed below a page's number (the footer): content that ran off the bottom of the page, e.g. a
+    table that did not break across pages. One line per page that has any."""
+    if not shutil.which("pdftotext"):
+        pytest.fail("pdftotext is missing (Debian package poppler-utils; .ci/run installs it)")
+    xml = subprocess.run(["pdftotext", "-bbox", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    problems = []
+    for n, page in enumerate(re.findall(r"(?s)<page\b(.*?)</page>", xml), start=1):
+        width, height = (float(v) for v in re.search(r'width="([\d.]+)" height="([\d.]+)"', page).groups())
+        words = [(float(x0), float(y0), float(x1), html.unescape(w)) for x0, y0, x1, _, w in re.findall(
+            r'<word xMin="([\d.]+)" yMin="([\d.]+)" xMax="([\d.]+)" yMax="([\d.]+)">([^<]*)</word>', page)]
+        # the page number: a number (or roman numeral) centred in the bottom eighth of the page
+        footer = [y0 for x0, y0, x1, w in words if re.fullmatch(r"\d+|[ivxlc]+", w) and y0 > 0.875 * height
+                  and abs((x0 + x1) / 2 - width / 2) < 0.05 * width]
+        if not footer:
+            continue
+        below = [w for x0, y0, x1, w in words if y0 > max(footer) + 1]
+        if below:
+            problems.append(f"page {n}: {len(below)} words below the page number, e.g. {' '.join(below[:8])!r}")
+    return problems
+
+
 def log_problems(log: str) -> list[str]:
     """The lines of a render log that report an error, a traceback or a warning not in EXPECTED_LOG_WARNINGS."""
     return [line.strip()[:200] for line in log.splitlines()

@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from rendered import (UNRESOLVED_REF, image_problems, log_problems, pdf_text, reference_problems, squash,
-                      visible_text)
+from rendered import (UNRESOLVED_REF, image_problems, log_problems, pdf_overflow, pdf_text, reference_problems,
+                      squash, visible_text)
 
 from analysis import text
 
@@ -142,6 +142,13 @@ def test_pdf_has_numbers_resolved_references_and_one_bibliography(book):
     refs = pdf.split("\f")
     ref_pages = [p for p in refs if re.match(r"\s*References\s*\n", p)]
     assert ref_pages and "Abraham" in ref_pages[0], "the References chapter lists the cited works"
+
+
+def test_nothing_runs_off_a_pdf_page(book):
+    """A long table breaks across pages (its header repeated) instead of running over the footer: no text below
+    any page's number (the checklist table once did, 88 words below page 38)."""
+    problems = pdf_overflow(book.pdf())
+    assert not problems, "\n".join(problems)
 
 
 def test_every_figure_and_table_the_pdf_cites_exists(book):

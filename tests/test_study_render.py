@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 from urllib.parse import unquote
 
-from rendered import (UNRESOLVED_REF, image_problems, log_problems, pdf_text, reference_problems, squash,
-                      visible_text)
+from rendered import (UNRESOLVED_REF, image_problems, log_problems, pdf_overflow, pdf_text, reference_problems,
+                      squash, visible_text)
 
 from analysis import text
 
@@ -112,6 +112,13 @@ def test_subject_pages_explain_exclusions_and_link_their_downloads(rendered_stud
     assert len(links) == 6  # effect, variance, z and their sidecars
     for href in links:
         assert (page.parent / unquote(href)).resolve().is_file(), href  # copied into the site
+
+
+def test_nothing_runs_off_a_pdf_page_of_the_study_book(rendered_study):
+    """A subject's long cluster table breaks across pages instead of running over the footer (it once printed
+    its last rows on top of each other below the page number)."""
+    problems = pdf_overflow(rendered_study.book / "study-report.pdf")
+    assert not problems, "\n".join(problems)
 
 
 def test_pdf_and_word_books_have_every_subject_and_the_headline(rendered_study):
