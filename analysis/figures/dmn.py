@@ -81,7 +81,11 @@ def plot_roi_effects(nodes_table: pd.DataFrame, out_file, *, control_table: pd.D
     if control_table is not None and len(control_table):
         parts.append((control_name, control_table, CONTROL_COLOR))
     n_rows = sum(len(t) for _, t, _ in parts) + sum(x is not None for x in (network, control_network))
-    fig, ax = plt.subplots(figsize=(6, max(3.0, 0.13 * n_rows + 1.0)))
+    # at most 8 inches tall (with its caption it fits an A4 page of the PDF): with many nodes the rows close up and
+    # their labels shrink to fit
+    height = min(8.0, max(3.0, 0.13 * n_rows + 1.0))
+    label_size = min(5.0, 0.75 * 72 * (height - 1.0) / max(n_rows, 1))
+    fig, ax = plt.subplots(figsize=(6, height))
     y = 0
     ticks, ticklabels = [], []
     for name, summary, color in ((("DMN (network)", network, DMN_COLOR),
@@ -112,7 +116,7 @@ def plot_roi_effects(nodes_table: pd.DataFrame, out_file, *, control_table: pd.D
         y += len(table) + 0.5
     ax.axvline(0, color="0.5", linewidth=0.8)
     ax.set_yticks(ticks)
-    ax.set_yticklabels(ticklabels, fontsize=5)
+    ax.set_yticklabels(ticklabels, fontsize=label_size)
     ax.invert_yaxis()
     unit = str(nodes_table["Unit"].dropna().iloc[0]) if "Unit" in nodes_table and nodes_table["Unit"].notna().any() \
         else "effect"
