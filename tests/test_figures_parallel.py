@@ -66,6 +66,45 @@ def test_glass_brain_shortcut_leaves_the_images_unchanged(tmp_path, bold_img, mo
         assert _digest(a) == _digest(b), a.name
 
 
+def test_one_draw_save_matches_matplotlibs_tight_save(tmp_path, bold_img, monkeypatch):
+    """save_figure draws once and cuts the tight box itself: the PNG has the size savefig(bbox_inches="tight")
+    gives and the same pixels up to a sub-pixel shift; a figure with text beyond its edge takes savefig's route."""
+    import matplotlib.image
+    import matplotlib.pyplot as plt
+
+    from analysis.figures import _base
+
+    img = bold_img.slicer[..., 0]
+
+    def draw(folder):
+        return [maps.plot_glass(img, folder / "glass.png"),
+                maps.plot_threshold_panel({"a": img, "b": img, "c": img}, {"a": "A", "b": "B", "c": "C"},
+                                          {"a": "1", "b": "2", "c": "3"}, folder / "panel.png"),
+                maps.plot_volumes(bold_img, folder / "volumes.png")]
+
+    calls = []
+    cropped = _base._save_cropped_png
+    monkeypatch.setattr(_base, "_save_cropped_png", lambda *a: calls.append(cropped(*a)) or calls[-1])
+    one = draw(tmp_path / "one")
+    assert calls == [True] * len(one)  # every one of these took the one-draw route
+    monkeypatch.setattr(_base, "_save_cropped_png", lambda *a: False)
+    two = draw(tmp_path / "two")
+    for a, b in zip(one, two, strict=True):
+        x, y = matplotlib.image.imread(a), matplotlib.image.imread(b)
+        assert x.shape == y.shape, a.name
+        shifted = min(float(np.abs(x[2:-2, 2:-2] - np.roll(y, (dy, dx), (0, 1))[2:-2, 2:-2]).mean())
+                      for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+        assert shifted < 0.02, a.name  # what differs is anti-aliasing along the edges
+        assert np.abs(x - y).max(axis=2).mean() < 0.1, a.name
+    monkeypatch.setattr(_base, "_save_cropped_png", cropped)
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1], [0, 1])
+    fig.text(1.05, 0.5, "beyond the right edge")
+    out = _base.save_figure(fig, tmp_path / "beyond.png")
+    width = matplotlib.image.imread(out).shape[1]
+    assert width > 3 * _base.DPI  # the tight box grew to show the text, as savefig does
+
+
 def _plain_context():
     import contextlib
 
