@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -17,6 +18,8 @@ def kill_worker_once(config, subject, runs, out, contrast, *, victim: str = "02"
     the study says the kill happened; Dask's retry then runs the whole subject on a fresh worker.
     """
     marker = Path(out) / f"killed-sub-{subject}"
+    environ = {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    (Path(out) / f"environ-sub-{subject}.json").write_text(json.dumps(environ))  # what the worker ran under
     if subject == victim and not marker.exists():
         first_level_subject(config, subject, runs[:1], out, contrast)
         marker.write_text(f"worker {os.getpid()} killed in the middle of sub-{subject}\n")

@@ -107,6 +107,16 @@ def _recovery(root: Path, res: StudyResults) -> tuple[float, float, float]:
     return sensitivity, fdp, float(fdr.z_threshold)
 
 
+def test_local_workers_run_with_one_blas_thread_and_glibcs_own_malloc_tuning(small):
+    """The LocalCluster's workers get Dask's one BLAS thread each but not its MALLOC_TRIM_THRESHOLD_, which
+    made every large array a fresh mapping (twice the system time of a first level)."""
+    _, _, res, _ = small
+    seen = [json.loads(p.read_text()) for p in sorted(Path(res.output_dir).glob("environ-sub-*.json"))]
+    assert len(seen) == len(res.subjects)
+    for environ in seen:
+        assert environ == {"MALLOC_TRIM_THRESHOLD_": None, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
 def test_every_run_is_found(small_data):
     assert study_runs(small_data, "listening") == {s: ["1", "2"] for s in ("01", "02", "03", "04", "05")}
     assert study_runs(small_data, "listening", ["02"]) == {"02": ["1", "2"]}
@@ -161,7 +171,7 @@ def test_one_and_two_workers_give_byte_identical_group_outputs(small, small_one_
 
 
 def test_group_outputs_are_bids_derivatives_with_sidecars(small):
-    _, out, res, _ = small
+    _, _, res, _ = small
     c = res.contrast("mean")
     z = res.path(c.files["z"])
     assert z.name == "task-listening_space-MNI152NLin2009aSym_contrast-mean_stat-z_statmap.nii.gz"
