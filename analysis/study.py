@@ -631,13 +631,17 @@ def _check_study_config(config: Config) -> str:
     return contrast
 
 
-WORKER_ENVIRON = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
-"""The environment of a LocalCluster's worker processes: Dask's default (``distributed.nanny.pre-spawn-environ``:
-one BLAS thread per single-threaded worker) without its ``MALLOC_TRIM_THRESHOLD_=65536``. Setting that pins
-glibc's mmap threshold at 128 kB, so every array larger than that is mapped and unmapped afresh and its pages
-faulted in again: a first-level subject of the reference study took 2.8-3.2 s of system time instead of 1.3-1.5 s
-(same user time). The analysis frees its large arrays as it goes; a worker's memory stays bounded by
-``study.memory_limit`` either way."""
+def worker_environ() -> dict:
+    """The environment of a LocalCluster's worker processes: Dask's own (``distributed.nanny.pre-spawn-environ``:
+    one BLAS thread per single-threaded worker, and whatever the user configured) without
+    ``MALLOC_TRIM_THRESHOLD_``. Setting that pins glibc's mmap threshold at 128 kB, so every array larger than that
+    is mapped and unmapped afresh and its pages faulted in again: a first-level subject of the reference study took
+    2.8-3.2 s of system time instead of 1.3-1.5 s (same user time). The analysis frees its large arrays as it goes;
+    a worker's memory stays bounded by ``study.memory_limit`` either way."""
+    import dask
+
+    environ = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
+    return {k: v for k, v in environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
 
 
 def run_study(config: Config, *, scheduler: str | None = None, n_workers: int | None = None,
@@ -698,7 +702,7 @@ def run_study(config: Config, *, scheduler: str | None = None, n_workers: int | 
     t0 = time.perf_counter()
     with dask.config.set({"distributed.worker.daemon": False,  # the first levels start figure processes
                           "distributed.scheduler.allowed-failures": max(s.retries, 1),
-                          "distributed.nanny.pre-spawn-environ": WORKER_ENVIRON}):
+                          "distributed.nanny.pre-spawn-environ": worker_environ()}):
         cluster = None
         if not scheduler:
             cluster = LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=1,

@@ -43,6 +43,7 @@ def _save_cropped_png(fig, out_file: Path, metadata: dict) -> bool:
     beyond the figure's edge (an artist drawn outside it, which only a second draw can show) this returns False
     and the figure is saved the usual way.
     """
+    import matplotlib.colors
     import matplotlib.image
     import numpy as np
 
