@@ -38,6 +38,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StrictStr, ValidationError, ValidationInfo,
                       field_validator, model_validator)
 
+from . import text
 from .config import ConfigError, describe_validation_error, read_config_file
 
 if TYPE_CHECKING:
@@ -264,7 +265,9 @@ def input_files(res: "Results") -> pd.DataFrame:
     for name, entry in sorted(res.dataset.files.items()):
         path = Path(entry.path)
         size = f"{path.stat().st_size:,}" if path.exists() else "missing"
-        rows.append({"Input file": name, "Size (bytes)": size, "SHA-256": entry.sha256})
+        # a checksum is one 64-character word: in HTML it may wrap anywhere (report.scss), not widen the table
+        rows.append({"Input file": name, "Size (bytes)": size,
+                     "SHA-256": text.md("[" + text.md_escape(entry.sha256) + "]{.checksum}")})
     return pd.DataFrame(rows, columns=["Input file", "Size (bytes)", "SHA-256"])
 
 

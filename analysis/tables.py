@@ -45,7 +45,8 @@ def _width(header: str, cells: list[str], wrap_at: int = 18) -> int:
     cell) must fit; beyond that a column of long text gets at most ``wrap_at`` characters and wraps, so that the
     short numeric columns are not squeezed by a long label.
     """
-    def shown(s: str) -> str:  # the text as printed; an escaped space is a no-break space
+    def shown(s: str) -> str:  # the text as printed; an escaped space is a no-break space, a span its text
+        s = re.sub(r"^\[(.*)\]\{\.[\w-]+\}$", r"\1", s)
         return re.sub(r"\\(.)", r"\1", s.replace("\\ ", "\u00a0"))
 
     def longest_piece(s: str) -> int:
@@ -130,9 +131,11 @@ def clusters(c: ContrastResult, sign: str | None = None, max_rows: int | None = 
 
 
 def _unbroken(value: str) -> text.Md:
-    """A short value for a table cell (``|z| > 3.29``, a coordinate) with its spaces non-breaking (Markdown's
-    escaped space), so that it never wraps across lines in a narrow column."""
-    return text.md(text.md_escape(value).replace(" ", "\\ "))
+    """A short value for a table cell (``|z| > 3.29``, a coordinate) that never wraps across lines in a narrow
+    column: its spaces non-breaking (Markdown's escaped space) for the PDF and Word, and in a ``nowrap`` span for
+    the HTML (``report.scss``), as browsers break after ``|`` even before a no-break space (Unicode line
+    breaking: ``|`` allows a break after it)."""
+    return text.md("[" + text.md_escape(value).replace(" ", "\\ ") + "]{.nowrap}")
 
 
 def _coordinates(xyz) -> text.Md:

@@ -55,20 +55,22 @@ def visible_text(page: Path) -> str:
     return html.unescape(re.sub(r"<[^>]+>", " ", body))
 
 
-def pdf_text(pdf: Path) -> str:
-    """The text of a PDF (``pdftotext``, pages separated by form feeds)."""
+def _pdftotext(pdf: Path, *options: str) -> str:
+    """What ``pdftotext <options> <pdf> -`` prints (Debian's poppler-utils, which ``.ci/run`` installs)."""
     if not shutil.which("pdftotext"):
         pytest.fail("pdftotext is missing (Debian package poppler-utils; .ci/run installs it)")
-    return subprocess.run(["pdftotext", "-enc", "UTF-8", str(pdf), "-"], capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(["pdftotext", *options, str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+
+
+def pdf_text(pdf: Path) -> str:
+    """The text of a PDF (``pdftotext``, pages separated by form feeds)."""
+    return _pdftotext(pdf, "-enc", "UTF-8")
 
 
 def pdf_overflow(pdf: Path) -> list[str]:
     """Text printed below a page's number (the footer): content that ran off the bottom of the page, e.g. a
     table that did not break across pages. One line per page that has any."""
-    if not shutil.which("pdftotext"):
-        pytest.fail("pdftotext is missing (Debian package poppler-utils; .ci/run installs it)")
-    xml = subprocess.run(["pdftotext", "-bbox", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    xml = _pdftotext(pdf, "-bbox")
     problems = []
     for n, page in enumerate(re.findall(r"(?s)<page\b(.*?)</page>", xml), start=1):
         width, height = (float(v) for v in re.search(r'width="([\d.]+)" height="([\d.]+)"', page).groups())

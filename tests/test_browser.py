@@ -116,6 +116,18 @@ def load_every_page(base: str, book, browser) -> list[str]:
                                      ".map(i => i.getAttribute('src'))")
             if broken:
                 problems.append(f"{rel}: images that did not load: {broken}")
+            # a table wider than the text column runs under the table of contents (the cluster tables did);
+            # a value that must stay on one line (a z cut-off, peak coordinates) is one line box
+            wide = p.page.evaluate("() => { const m = document.querySelector('main'); return m ? [...m.querySelectorAll"
+                                   "('table')].filter(t => t.getBoundingClientRect().width > m.clientWidth + 1)"
+                                   ".map(t => [t.closest('[id]')?.id, Math.round(t.getBoundingClientRect().width),"
+                                   " m.clientWidth]) : [] }")
+            if wide:
+                problems.append(f"{rel}: tables wider than the text column (id, px, column px): {wide}")
+            wrapped = p.page.evaluate("() => [...document.querySelectorAll('main .nowrap')]"
+                                      ".filter(s => s.getClientRects().length > 1).map(s => s.textContent)")
+            if wrapped:
+                problems.append(f"{rel}: values wrapped across lines: {wrapped}")
             if p.outside:
                 problems.append(f"{rel}: requests to other hosts: {sorted(set(p.outside))}")
             if p.errors:
