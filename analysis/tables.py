@@ -91,7 +91,7 @@ def thresholds(c: ContrastResult) -> pd.DataFrame:
     rows = []
     for t in c.thresholds:
         rows.append({"Threshold": t.label + (" (primary)" if t.key == c.primary_key else ""),
-                     "z cut-off": _unbroken(t.threshold_text) if t.threshold_text.startswith("|z|") else t.threshold_text,
+                     "z cut-off": _cutoff(t.threshold_text),
                      "Voxels +": f"{t.n_pos:,}", "Clusters +": f"{t.n_pos_clusters:,}",
                      "Voxels \u2212": f"{t.n_neg:,}", "Clusters \u2212": f"{t.n_neg_clusters:,}"})
     return pd.DataFrame(rows)
@@ -108,7 +108,7 @@ def clusters(c: ContrastResult, sign: str | None = None, max_rows: int | None = 
         "Cluster": t["Cluster ID"].astype(str).map(lambda s: s if s.isdigit() else f"\u2003{s}"),
         "Peak (x, y, z) mm": [_coordinates(xyz) for xyz in t[["X", "Y", "Z"]].to_numpy()],
         "z": t["Peak Stat"].map(text.fmt_z),
-        "Peak p(unc)": t["Peak p"].map(text.fmt_p_cell),  # SPM's name: the peak voxel's uncorrected p
+        "Peak p(unc)": t["Peak p"].map(_p_cell),  # SPM's name: the peak voxel's uncorrected p
         # SPM's random-field and FDR columns ("n/a" when random-field inference was not available)
         "Peak p(FWE)": _p_column(t, "Peak p(FWE)"),
         "Peak q(FDR)": _p_column(t, "Peak q(FDR)"),
@@ -138,6 +138,18 @@ def _unbroken(value: str) -> text.Md:
     return text.md("[" + text.md_escape(value).replace(" ", "\\ ") + "]{.nowrap}")
 
 
+def _cutoff(value: str) -> str:
+    """A threshold's z cut-off for a table cell (``|z| > 3.29``, ``z > 3.10``) on one line; a longer text (no
+    cut-off found) as it is, free to wrap."""
+    return _unbroken(value) if value.startswith(("|z| ", "z ")) else value
+
+
+def _p_cell(value: float) -> str:
+    """A p-value for a table cell (``< .001``, ``.032``) on one line (:func:`_unbroken`)."""
+    shown = text.fmt_p_cell(value)
+    return _unbroken(shown) if " " in shown else shown
+
+
 def _coordinates(xyz) -> text.Md:
     """``(x, y, z)`` in whole millimetres for a table cell, never wrapped (:func:`_unbroken`)."""
     return _unbroken(text.fmt_mni(xyz).replace(" mm", ""))
@@ -147,7 +159,7 @@ def _p_column(t: pd.DataFrame, column: str) -> list[str]:
     """A p/q column for display: blank where undefined (sub-peaks' cluster values), n/a when absent."""
     if column not in t.columns:
         return ["n/a"] * len(t)
-    return ["" if v != v else text.fmt_p_cell(v) for v in pd.to_numeric(t[column], errors="coerce")]
+    return ["" if v != v else _p_cell(v) for v in pd.to_numeric(t[column], errors="coerce")]
 
 
 def _int_or_blank(v) -> str:
@@ -207,7 +219,7 @@ def dmn_networks(d) -> pd.DataFrame:
         eff, lo, hi = text.fmt_signal([nt.effect, nt.ci_low, nt.ci_high], min_digits=3)
         rows.append({"Network": label, "Voxels": f"{nt.n_voxels:,}",
                      "Effect (% signal)": eff, "95 % CI": f"{lo} to {hi}",
-                     f"t({nt.dof:g})": text.fmt_z(nt.t), "p": text.fmt_p_cell(nt.p)})
+                     f"t({nt.dof:g})": text.fmt_z(nt.t), "p": _p_cell(nt.p)})
     return pd.DataFrame(rows)
 
 
@@ -219,7 +231,7 @@ def dmn_overlaps(overlaps, c: ContrastResult) -> pd.DataFrame:
     rows = []
     for o in overlaps:
         rows.append({"Threshold": o.label + (" (primary)" if o.key == c.primary_key else ""),
-                     "z cut-off": o.threshold_text,
+                     "z cut-off": _cutoff(o.threshold_text),
                      f"Voxels with {c.negative_direction}": f"{o.n_below:,}",
                      "of them in the DMN": f"{o.n_overlap:,}",
                      "Share of the DMN": text.fmt_pct(o.share_dmn_below or 0.0)})
@@ -243,7 +255,7 @@ def dmn_nodes(d, only_significant: bool = False) -> pd.DataFrame:
         "Label": [text.fmt_label(lab, dd) for lab, dd in zip(t["Label"], dist)],
         "Effect (%)": t["Effect"].map(lambda v: text.fmt_num(v, 2)),
         "95 % CI": [f"{a} to {b}" for a, b in cis],
-        "t": t["t"].map(text.fmt_z), "q (FDR)": t["q"].map(text.fmt_p_cell),
+        "t": t["t"].map(text.fmt_z), "q (FDR)": t["q"].map(_p_cell),
     }).reset_index(drop=True)
 
 
