@@ -36,9 +36,13 @@ def plot_calibration(cal, out_file: str | Path) -> Path:
     Path
     """
     # a fixed layout (the file is cropped to its content on saving): constrained layout ran its solver at each of
-    # the two draws of a saving and was a quarter of the figure's time
-    fig, (ax_h, ax_q, ax_s) = plt.subplots(1, 3, figsize=(11, 3.4))
-    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.16, top=0.9, wspace=0.28)
+    # the two draws of a saving and was a quarter of the figure's time. 7.5 in wide, about the width it is shown
+    # at (the HTML text column, the PDF's text width), so that its 7-9 pt text is read at about that size (at
+    # 11 in, the legends printed at 4 pt)
+    fig, (ax_h, ax_q, ax_s) = plt.subplots(1, 3, figsize=(7.5, 2.9))
+    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.2, top=0.9, wspace=0.4)
+    for ax in (ax_h, ax_q, ax_s):
+        ax.tick_params(labelsize=7)
 
     edges = np.asarray(cal.hist_edges)
     centers = (edges[:-1] + edges[1:]) / 2
@@ -52,10 +56,12 @@ def plot_calibration(cal, out_file: str | Path) -> Path:
               label=f"empirical null (SD {cal.null_sd:.2f})")
     ax_h.axvspan(-cal.null_window, cal.null_window, color="0.9", zorder=0)
     ax_h.set_xlim(-5, 5)
-    ax_h.set_xlabel("z")
-    ax_h.set_ylabel("density")
-    ax_h.set_title("Distribution of z", loc="left", fontsize=10)
-    ax_h.legend(fontsize=7, frameon=False, loc="upper left")
+    ax_h.set_xlabel("z", fontsize=8)
+    ax_h.set_ylabel("density", fontsize=8)
+    ax_h.set_title("Distribution of z", loc="left", fontsize=9)
+    # head room above the curves for the legend, which would otherwise lie over their left flank
+    ax_h.set_ylim(0, ax_h.get_ylim()[1] * 1.55)
+    ax_h.legend(fontsize=6.5, frameon=False, loc="upper left")
 
     theo = np.asarray(cal.qq_theoretical)
     ax_q.plot(theo, cal.qq_observed, ".", ms=3, color=_OBSERVED, label="observed z")
@@ -69,10 +75,10 @@ def plot_calibration(cal, out_file: str | Path) -> Path:
     ax_q.set_xlim(-lim, lim)
     ax_q.set_ylim(-lim, lim)
     ax_q.set_aspect("equal")
-    ax_q.set_xlabel("N(0, 1) quantile")
-    ax_q.set_ylabel("z quantile")
-    ax_q.set_title("QQ plot", loc="left", fontsize=10)
-    ax_q.legend(fontsize=7, frameon=False, loc="upper left")
+    ax_q.set_xlabel("N(0, 1) quantile", fontsize=8)
+    ax_q.set_ylabel("z quantile", fontsize=8)
+    ax_q.set_title("QQ plot", loc="left", fontsize=9)
+    ax_q.legend(fontsize=6.5, frameon=False, loc="upper left")
 
     x = np.arange(len(cal.thresholds))
     ax_s.plot(x, cal.nominal_share, "_", ms=22, mew=2, color=_REFERENCE, label="nominal")
@@ -87,10 +93,10 @@ def plot_calibration(cal, out_file: str | Path) -> Path:
     ax_s.set_yticks(cal.nominal_share)
     ax_s.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.1g}"))
     ax_s.yaxis.set_minor_formatter(NullFormatter())
-    ax_s.set_xticks(x, [f"|z| > {t:.2f}" for t in cal.thresholds], fontsize=8)
+    ax_s.set_xticks(x, [f"|z| > {t:.2f}" for t in cal.thresholds], fontsize=7)
     ax_s.set_xlim(-0.5, len(x) - 0.5)
-    ax_s.set_ylabel("share of voxels")
-    ax_s.set_title("Beyond threshold", loc="left", fontsize=10)
-    ax_s.legend(fontsize=7, frameon=False)
+    ax_s.set_ylabel("share of voxels", fontsize=8)
+    ax_s.set_title("Beyond threshold", loc="left", fontsize=9)
+    ax_s.legend(fontsize=6.5, frameon=False)
 
     return save_figure(fig, out_file)
