@@ -118,3 +118,49 @@ def test_the_check_catches_opaque_sub_threshold_voxels(planted_thresholded, tmp_
     fig.savefig(tmp_path / "broken.png", dpi=150, bbox_inches="tight")
     plt.close(fig)
     assert _content(*_rgb(tmp_path / "broken.png"), colorbar_fraction=0.12)["black"] > 0.2
+
+
+def test_dmn_node_effects_label_every_node_legibly_without_overlap(monkeypatch, tmp_path):
+    """The forest plot of the DMN nodes (67 Seitzman spheres, 12 control nodes, two network means): every node
+    has its own label at a size that can be read where the figure is shown (>= 6.5 pt on a 6 in figure, printed
+    at about the text width), no two labels overlap, and it stays within 8 in (a PDF page with its caption)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from types import SimpleNamespace
+
+    from analysis.figures import dmn as dmn_figs
+
+    rng = np.random.default_rng(0)
+
+    def table(prefix, n):
+        eff = rng.normal(0, 0.2, n)
+        return pd.DataFrame({"ROI": [f"{prefix}{i:02d}" for i in range(1, n + 1)], "Effect": eff,
+                             "CI Low": eff - 0.1, "CI High": eff + 0.1, "q": rng.uniform(0, 0.2, n),
+                             "Unit": "% signal change"})
+
+    nodes, control = table("DMN", 67), table("AUD", 12)
+    net = SimpleNamespace(effect=-0.03, ci_low=-0.04, ci_high=-0.02)  # what the plot reads of a NetworkTest
+    shown = {}
+
+    def keep(fig, out_file):  # the figure as it would be saved, to read its artists
+        fig.canvas.draw()
+        shown["fig"] = fig
+        return out_file
+
+    monkeypatch.setattr(dmn_figs, "save_figure", keep)
+    dmn_figs.plot_roi_effects(nodes, tmp_path / "x.png", control_table=control, network=net, control_network=net,
+                              control_name="Auditory")
+    fig = shown["fig"]
+    assert fig.get_figheight() <= 8.0
+    labels = [t for ax in fig.axes for t in ax.get_yticklabels() if t.get_text()]
+    assert sorted(t.get_text() for t in labels) == sorted([*nodes["ROI"], *control["ROI"], "DMN (network)",
+                                                           "Auditory (network)"])
+    assert min(t.get_fontsize() for t in labels) >= 6.5
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        boxes = sorted((t.get_window_extent(renderer) for t in ax.get_yticklabels() if t.get_text()),
+                       key=lambda b: b.y0)
+        assert all(a.y1 <= b.y0 + 0.5 for a, b in zip(boxes, boxes[1:])), "tick labels overlap"

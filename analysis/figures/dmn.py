@@ -80,48 +80,56 @@ def plot_roi_effects(nodes_table: pd.DataFrame, out_file, *, control_table: pd.D
     parts = [("DMN", nodes_table, DMN_COLOR)]
     if control_table is not None and len(control_table):
         parts.append((control_name, control_table, CONTROL_COLOR))
-    n_rows = sum(len(t) for _, t, _ in parts) + sum(x is not None for x in (network, control_network))
-    # at most 8 inches tall (with its caption it fits an A4 page of the PDF): with many nodes the rows close up and
-    # their labels shrink to fit
-    height = min(8.0, max(3.0, 0.13 * n_rows + 1.0))
-    label_size = min(5.0, 0.75 * 72 * (height - 1.0) / max(n_rows, 1))
-    fig, ax = plt.subplots(figsize=(6, height))
-    y = 0
-    ticks, ticklabels = [], []
+    # one entry per row, top down: (label, effect, CI low, CI high, colour, marker style), None for a half-row gap
+    rows: list = []
     for name, summary, color in ((("DMN (network)", network, DMN_COLOR),
                                   (f"{control_name} (network)", control_network, CONTROL_COLOR))):
-        if summary is None:
-            continue
-        ax.errorbar(summary.effect, y, xerr=[[summary.effect - summary.ci_low], [summary.ci_high - summary.effect]],
-                    fmt="D", color=color, markersize=6, capsize=2)
-        ticks.append(y)
-        ticklabels.append(name)
-        y += 1
-    y += 0.5
+        if summary is not None:
+            rows.append((name, summary.effect, summary.ci_low, summary.ci_high, color, "network"))
     for name, table, color in parts:
         table = table.sort_values("Effect")
         table = table[np.isfinite(table["Effect"].to_numpy(dtype=float))]
-        rows = y + np.arange(len(table), dtype=float)
-        effect = table["Effect"].to_numpy(dtype=float)
-        xerr = np.vstack([effect - table["CI Low"].to_numpy(dtype=float),
-                          table["CI High"].to_numpy(dtype=float) - effect])
+        if rows:
+            rows.append(None)
         q = table["q"].to_numpy(dtype=float)
-        filled = np.isfinite(q) & (q < alpha)
-        for sel, face in ((~filled, "white"), (filled, color)):  # one errorbar call per marker style, not per node
-            if sel.any():
-                ax.errorbar(effect[sel], rows[sel], xerr=xerr[:, sel], fmt="o", color=color, mfc=face,
-                            markersize=3.5, elinewidth=0.8)
-        ticks += rows.tolist()
-        ticklabels += [str(v) for v in table[label_col]]
-        y += len(table) + 0.5
-    ax.axvline(0, color="0.5", linewidth=0.8)
-    ax.set_yticks(ticks)
-    ax.set_yticklabels(ticklabels, fontsize=label_size)
-    ax.invert_yaxis()
+        for label, eff, lo, hi, qq in zip(table[label_col], table["Effect"].to_numpy(dtype=float),
+                                          table["CI Low"].to_numpy(dtype=float),
+                                          table["CI High"].to_numpy(dtype=float), q):
+            rows.append((str(label), eff, lo, hi, color, "filled" if np.isfinite(qq) and qq < alpha else "open"))
+    # at most 8 inches tall (with its caption it fits an A4 page of the PDF); more rows than fit at a readable size
+    # (7 pt) go into a second column, side by side, on the same effect axis
+    n_cols = 2 if len(rows) > 50 else 1
+    per_col = -(-len(rows) // n_cols)
+    height = min(8.0, max(3.0, 0.13 * per_col + 1.0))
+    label_size = min(7.0, 0.75 * 72 * (height - 1.0) / max(per_col, 1))
+    fig, axes = plt.subplots(1, n_cols, figsize=(6, height), sharex=True, squeeze=False)
+    if n_cols > 1:
+        fig.subplots_adjust(wspace=0.45)
+    for ax, chunk in zip(axes[0], (rows[i * per_col:(i + 1) * per_col] for i in range(n_cols))):
+        y, ticks, ticklabels, drawn = 0.0, [], [], {}
+        for row in chunk:
+            if row is None:
+                y += 0.5
+                continue
+            drawn.setdefault((row[4], row[5]), []).append((y, *row[1:4]))
+            ticks.append(y)
+            ticklabels.append(row[0])
+            y += 1
+        for (color, style), pts in drawn.items():  # one errorbar call per colour and marker, not per node
+            ys, eff, lo, hi = (np.asarray(v, dtype=float) for v in zip(*pts))
+            kw = (dict(fmt="D", markersize=6, capsize=2) if style == "network" else
+                  dict(fmt="o", markersize=3.5, elinewidth=0.8, mfc=color if style == "filled" else "white"))
+            ax.errorbar(eff, ys, xerr=np.vstack([eff - lo, hi - eff]), color=color, **kw)
+        ax.axvline(0, color="0.5", linewidth=0.8)
+        ax.set_yticks(ticks)
+        ax.set_yticklabels(ticklabels, fontsize=label_size)
+        ax.set_ylim(per_col + 0.5, -1.0)  # the same row spacing in every column, top down
+        ax.spines[["top", "right"]].set_visible(False)
     unit = str(nodes_table["Unit"].dropna().iloc[0]) if "Unit" in nodes_table and nodes_table["Unit"].notna().any() \
         else "effect"
-    ax.set_xlabel(f"Effect ({unit}), 95 % CI")
-    ax.spines[["top", "right"]].set_visible(False)
+    for ax in axes[0]:
+        ax.tick_params(axis="x", labelsize=8, labelbottom=True)
+        ax.set_xlabel(f"Effect ({unit}), 95 % CI", fontsize=8)
     return save_figure(fig, out_file)
 
 
