@@ -937,6 +937,8 @@ def _permutations(stage, config, effects, design, mask_img, vec, group, ent, bas
     import joblib
     from nilearn.glm.second_level import non_parametric_inference
 
+    from . import noise
+
     from .derivatives import bids_name, write_image
 
     s, inf = config.study, config.inference
@@ -949,9 +951,11 @@ def _permutations(stage, config, effects, design, mask_img, vec, group, ent, bas
     # nilearn draws the relabellings in n_jobs chunks, each from its own seed, so the number of chunks (not the
     # cluster's size) decides which are drawn: always PERMUTATION_CHUNKS (nilearn caps it at the machine's CPU
     # count, so one core draws them in one chunk). Threads, not processes: the chunks' numpy work runs in parallel
-    # without starting and feeding new Python processes (7.0 s in one chunk, 3.8-4.2 s in two, 8 subjects)
+    # without starting and feeding new Python processes, each with one BLAS thread, since more threads than cores
+    # lose their gain (8 subjects: 6.7-7.6 s in one chunk; in two, 6.0-6.9 s with the BLAS threads, 4.4 s
+    # with one each)
     chunks = min(PERMUTATION_CHUNKS, joblib.cpu_count())
-    with warnings.catch_warnings(), joblib.parallel_config(backend="threading"):
+    with warnings.catch_warnings(), joblib.parallel_config(backend="threading"), noise.blas_threads(1):
         warnings.simplefilter("ignore")
         res = non_parametric_inference(effects, design_matrix=design.reset_index(drop=True),
                                        second_level_contrast=np.asarray(vec, dtype=float), mask=mask_img,
