@@ -123,8 +123,15 @@ def plot_volumes(bold_img, out_file, n: int = 4) -> Path:
 
 def plot_image(img, out_file, *, title: str = "") -> Path:
     """An anatomical or mean image on orthogonal slices."""
+    from nilearn.image import load_img
+
+    img = load_img(img)
+    # the colour bar's ticks as whole numbers for raw scanner units (a mean BOLD of about 1,000: nilearn's default
+    # "%.2g" printed 1e+03 and 8.5e+02), with two significant digits for a normalised image (0.36 to 0.96)
+    peak = float(np.nanmax(np.abs(np.asarray(img.dataobj, dtype=float))))
     fig = plt.figure(figsize=(9, 3.2))
-    plotting.plot_anat(img, figure=fig, title=title or None, draw_cross=False, black_bg=False, dim=-0.5)
+    plotting.plot_anat(img, figure=fig, title=title or None, draw_cross=False, black_bg=False, dim=-0.5,
+                       cbar_tick_format="%.0f" if peak >= 100 else "%.2g")
     return save_figure(fig, out_file)
 
 
