@@ -277,7 +277,9 @@ def _sha256(path) -> str:
 def test_colophon_checksums_match_the_files_on_disk(sim_results, colophon):
     shown = {}
     for out in colophon.outputs:
-        for name, sha in re.findall(r"^\|\s*([^|]+?)\s*\|[^|\n]*\|\s*([0-9a-f]{64})\s*\|$", out, re.M):
+        # a checksum cell is the 64 hex digits in a span that may wrap anywhere in HTML: [<sha>]{.checksum}
+        for name, sha in re.findall(r"^\|\s*([^|]+?)\s*\|[^|\n]*\|\s*\[([0-9a-f]{64})\]\{\.checksum\}\s*\|$", out,
+                                    re.M):
             shown[name] = sha
     files = sim_results.dataset.files
     assert set(shown) == set(files), "every input file is listed once"
