@@ -60,7 +60,7 @@ STUDY_TASK = "listening"
 STUDY_SPACE = "MNI152NLin2009aSym"  # the simulated data's template (analysis.space.TEMPLATE_SPACE)
 STUDY_RESULTS = Path("results") / "study.json"
 MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
-PERMUTATION_CHUNKS = 2  # the group permutation test's chunks (nilearn's n_jobs), each from its own seed: see _permutations
+PERMUTATION_CHUNKS = 2  # the group permutation test's chunks (nilearn's n_jobs), each its own seed: _permutations
 
 
 class StudyError(ValueError):
@@ -938,7 +938,6 @@ def _permutations(stage, config, effects, design, mask_img, vec, group, ent, bas
     from nilearn.glm.second_level import non_parametric_inference
 
     from . import noise
-
     from .derivatives import bids_name, write_image
 
     s, inf = config.study, config.inference
@@ -973,7 +972,8 @@ def _permutations(stage, config, effects, design, mask_img, vec, group, ent, bas
         files[key] = write_image(
             stage, img, f"derivatives/{bids_name(group, 'statmap', '.nii.gz', contrast=ent, stat='logp', desc=desc)}",
             {**base, "Statistic": "-log10 p, family-wise error corrected (permutations)", "Thresholded": False,
-             "Permutations": n_perm, "PermutationChunks": chunks, "ClusterFormingThresholdP": inf.cdt_alpha if key == "logp_max_size" else None,
+             "Permutations": n_perm, "PermutationChunks": chunks,
+             "ClusterFormingThresholdP": inf.cdt_alpha if key == "logp_max_size" else None,
              "TwoSided": inf.two_sided})
         counts[key] = int(np.count_nonzero(np.asarray(img.dataobj)[inside] > cut))
     return PermutationResult(n_perm=n_perm, n_distinct=n_distinct, min_p=1.0 / (n_perm + 1), alpha=inf.alpha,

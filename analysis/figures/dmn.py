@@ -105,15 +105,18 @@ def plot_roi_effects(nodes_table: pd.DataFrame, out_file, *, control_table: pd.D
     fig, axes = plt.subplots(1, n_cols, figsize=(6, height), sharex=True, squeeze=False)
     if n_cols > 1:
         fig.subplots_adjust(wspace=0.45)
+    unit = str(nodes_table["Unit"].dropna().iloc[0]) if "Unit" in nodes_table and nodes_table["Unit"].notna().any() \
+        else "effect"
     for ax, chunk in zip(axes[0], (rows[i * per_col:(i + 1) * per_col] for i in range(n_cols))):
         y, ticks, ticklabels, drawn = 0.0, [], [], {}
         for row in chunk:
             if row is None:
                 y += 0.5
                 continue
-            drawn.setdefault((row[4], row[5]), []).append((y, *row[1:4]))
+            label, eff, lo, hi, color, style = row
+            drawn.setdefault((color, style), []).append((y, eff, lo, hi))
             ticks.append(y)
-            ticklabels.append(row[0])
+            ticklabels.append(label)
             y += 1
         for (color, style), pts in drawn.items():  # one errorbar call per colour and marker, not per node
             ys, eff, lo, hi = (np.asarray(v, dtype=float) for v in zip(*pts))
@@ -124,12 +127,9 @@ def plot_roi_effects(nodes_table: pd.DataFrame, out_file, *, control_table: pd.D
         ax.set_yticks(ticks)
         ax.set_yticklabels(ticklabels, fontsize=label_size)
         ax.set_ylim(per_col + 0.5, -1.0)  # the same row spacing in every column, top down
-        ax.spines[["top", "right"]].set_visible(False)
-    unit = str(nodes_table["Unit"].dropna().iloc[0]) if "Unit" in nodes_table and nodes_table["Unit"].notna().any() \
-        else "effect"
-    for ax in axes[0]:
-        ax.tick_params(axis="x", labelsize=8, labelbottom=True)
+        ax.tick_params(axis="x", labelsize=8)
         ax.set_xlabel(f"Effect ({unit}), 95 % CI", fontsize=8)
+        ax.spines[["top", "right"]].set_visible(False)
     return save_figure(fig, out_file)
 
 
